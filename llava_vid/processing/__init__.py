@@ -1,0 +1,1 @@
+"""Media loading, image preprocessing, conversation templates and the processor."""

@@ -1,0 +1,221 @@
+"""``LlavaVidProcessor``: chat messages or prompts → ``input_ids``, ``attention_mask``, ``pixel_values``, ``labels``.
+
+Each ``<image>`` placeholder is tokenised as one id and then expanded to exactly
+:func:`~llava_vid.geometry.num_image_tokens` copies — the same function the model checks against.
+Expansion happens on ids (a ``repeat_interleave``), so target spans, offsets and left padding are
+computed on the short, human-readable text and stay exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase, ProcessorMixin
+from transformers.feature_extraction_utils import BatchFeature
+
+from llava_vid.config import VisionFeatureSelect
+from llava_vid.geometry import VisionGeometry, num_image_tokens
+from llava_vid.processing.image_processor import LlavaVidImageProcessor
+from llava_vid.processing.media import load_image
+from llava_vid.processing.templates import RenderedPrompt, TemplateName, check_template_name, render
+from llava_vid.tokenizer import IMAGE_TOKEN
+
+IGNORE_INDEX = -100  # label value the loss skips (transformers' convention)
+
+Conversation = list[dict[str, Any]]
+
+
+class LlavaVidProcessor(ProcessorMixin):
+    """Bundles the image processor and the tokenizer.
+
+    Args:
+        image_processor: a :class:`LlavaVidImageProcessor`.
+        tokenizer: any fast tokenizer holding ``<image>`` as a special token.
+        patch_size: the vision tower's patch size (from the model config).
+        vision_feature_select: ``patch`` or ``full``, as in the model config.
+        template: default conversation template for :meth:`apply_chat_template`.
+    """
+
+    def __init__(
+        self,
+        image_processor: LlavaVidImageProcessor | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        patch_size: int = 14,
+        vision_feature_select: VisionFeatureSelect = "patch",
+        template: TemplateName = "vicuna_v1",
+        **kwargs,
+    ) -> None:
+        self.patch_size = patch_size
+        self.vision_feature_select = vision_feature_select
+        self.template = check_template_name(template)
+        super().__init__(image_processor, tokenizer, **kwargs)
+        self.image_token_id = self._require_token_id(IMAGE_TOKEN)
+        self.geometry = VisionGeometry(image_processor.image_size, patch_size, vision_feature_select)
+
+    def _require_token_id(self, token: str) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise ValueError(
+                f"the tokenizer has no {token!r} token; add it with llava_vid.tokenizer.add_media_tokens(tokenizer)"
+            )
+        return token_id
+
+    @property
+    def tokens_per_image(self) -> int:
+        return num_image_tokens(self.geometry)
+
+    # ------------------------------------------------------------------ prompts → tensors
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        images: Sequence[Any] | Sequence[Sequence[Any]] | None = None,
+        *,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Encode prompt strings that already hold one ``<image>`` per image.
+
+        Args:
+            text: a prompt or a batch of prompts.
+            images: the images in placeholder order — a flat list for the whole batch, or one list
+                per prompt. Paths, bytes and PIL images are accepted.
+        """
+        if kwargs:
+            raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+        texts = [text] if isinstance(text, str) else list(text)
+        per_prompt_images = self._split_images_by_prompt(texts, images)
+        prompts = [RenderedPrompt(text=t, images=imgs) for t, imgs in zip(texts, per_prompt_images)]
+        return self._encode(prompts, with_labels=False, return_tensors=return_tensors)
+
+    def apply_chat_template(
+        self,
+        conversation: Conversation | list[Conversation],
+        chat_template: str | None = None,
+        *,
+        template: TemplateName | None = None,
+        add_generation_prompt: bool = False,
+        tokenize: bool = False,
+        return_dict: bool = False,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> str | list[str] | torch.Tensor | BatchFeature:
+        """Render transformers-style chat messages with a LLaVA template (``template`` or the default).
+
+        With ``tokenize=True, return_dict=True`` returns ``input_ids``, ``attention_mask``,
+        ``pixel_values`` (when there are images) and, unless ``add_generation_prompt`` (i.e. for
+        training on complete conversations), ``labels`` that keep only the assistant turns.
+        ``chat_template`` is accepted as a synonym of ``template`` for transformers compatibility.
+        """
+        if kwargs:
+            raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+        name = check_template_name(template or chat_template or self.template)
+        is_batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        conversations = conversation if is_batched else [conversation]
+        eos = self.tokenizer.eos_token
+        prompts = [
+            render(list(messages), name, eos_token=eos, add_generation_prompt=add_generation_prompt)
+            for messages in conversations
+        ]
+        if not tokenize:
+            texts = [prompt.text for prompt in prompts]
+            return texts if is_batched else texts[0]
+        encoded = self._encode(prompts, with_labels=not add_generation_prompt, return_tensors=return_tensors)
+        return encoded if return_dict else encoded["input_ids"]
+
+    # ------------------------------------------------------------------ internals
+    def _split_images_by_prompt(self, texts: list[str], images: Sequence[Any] | None) -> list[list[Any]]:
+        counts = [t.count(IMAGE_TOKEN) for t in texts]
+        if images is None:
+            images = []
+        nested = len(images) > 0 and all(isinstance(item, (list, tuple)) for item in images)
+        if nested:
+            if len(images) != len(texts):
+                raise ValueError(f"got image lists for {len(images)} prompts but {len(texts)} prompts")
+            return [list(item) for item in images]
+        flat = list(images)
+        if len(flat) != sum(counts):
+            raise ValueError(
+                f"the prompts hold {sum(counts)} {IMAGE_TOKEN} placeholders but {len(flat)} images were given"
+            )
+        split, start = [], 0
+        for count in counts:
+            split.append(flat[start : start + count])
+            start += count
+        return split
+
+    def _encode(self, prompts: list[RenderedPrompt], *, with_labels: bool, return_tensors: str | None) -> BatchFeature:
+        for index, prompt in enumerate(prompts):
+            placeholders = prompt.text.count(IMAGE_TOKEN)
+            if placeholders != len(prompt.images):
+                raise ValueError(
+                    f"prompt {index} holds {placeholders} {IMAGE_TOKEN} placeholders but {len(prompt.images)} images"
+                )
+        loaded = [load_image(source) for prompt in prompts for source in prompt.images]
+
+        rows = [self._tokenize(prompt, with_labels) for prompt in prompts]
+        data: dict[str, Any] = self._pad([ids for ids, _ in rows], [labels for _, labels in rows], with_labels)
+        if loaded:
+            data["pixel_values"] = self.image_processor(loaded, return_tensors="pt")["pixel_values"]
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def _tokenize(self, prompt: RenderedPrompt, with_labels: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One prompt → expanded ``input_ids`` and (optionally) labels, both ``(L,)``."""
+        encoding = self.tokenizer(prompt.text, return_offsets_mapping=with_labels, truncation=False)
+        ids = torch.tensor(encoding["input_ids"], dtype=torch.long)  # (L_text,)
+        labels = None
+        if with_labels:
+            offsets = torch.tensor(encoding["offset_mapping"], dtype=torch.long).view(-1, 2)  # (L_text, 2)
+            trained = torch.zeros(len(ids), dtype=torch.bool)
+            for start, end in prompt.target_spans:
+                # A token is trained on when its characters overlap an assistant span; zero-width
+                # tokens (BOS added by the post-processor) never overlap.
+                trained |= (offsets[:, 0] < end) & (offsets[:, 1] > start)
+            labels = torch.where(trained, ids, IGNORE_INDEX)
+            if prompt.target_spans and not trained.any():
+                raise ValueError("no token of the assistant turns survived tokenisation; refusing an all-masked sample")
+        # Each placeholder id becomes tokens_per_image copies; everything else stays single.
+        repeats = torch.where(ids == self.image_token_id, self.tokens_per_image, 1)
+        ids = ids.repeat_interleave(repeats)
+        if labels is not None:
+            labels = labels.repeat_interleave(repeats)
+        self._check_length(len(ids))
+        return ids, labels
+
+    def _check_length(self, length: int) -> None:
+        limit = self.tokenizer.model_max_length
+        if length > limit:
+            raise ValueError(
+                f"the prompt is {length} tokens after expanding images, longer than the maximum of {limit} "
+                "(tokenizer.model_max_length); it is not truncated, because that would cut the image or the "
+                "question. Shorten the text or use fewer images."
+            )
+
+    def _pad(
+        self, rows: list[torch.Tensor], label_rows: list[torch.Tensor | None], with_labels: bool
+    ) -> dict[str, torch.Tensor]:
+        """Pad to the longest row on the tokenizer's padding side (left for generation)."""
+        length = max(len(row) for row in rows)
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id
+        input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        left = self.tokenizer.padding_side == "left"
+        for row_index, (row, row_labels) in enumerate(zip(rows, label_rows)):
+            span = slice(length - len(row), length) if left else slice(0, len(row))
+            input_ids[row_index, span] = row
+            attention_mask[row_index, span] = 1
+            if row_labels is not None:
+                labels[row_index, span] = row_labels
+        data = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if with_labels:
+            data["labels"] = labels
+        return data
+
+    def batch_decode(self, *args, **kwargs) -> list[str]:
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs) -> str:
+        return self.tokenizer.decode(*args, **kwargs)
