@@ -146,6 +146,8 @@ def build_offline_tokenizer(vocab_size: int = 1024, corpus: Iterable[str] | None
         A ``PreTrainedTokenizerFast`` that prepends ``<s>`` when ``add_special_tokens=True`` (no ``</s>``, like
         LLaMA), pads on the left (what batched decoder-only generation needs; training collators should pass
         ``padding_side="right"`` explicitly or pad themselves), and has ``<image>``/``<video>`` registered.
+        The bos rule lives in the backend post-processor (saved in tokenizer.json); transformers 5 does not
+        persist ``add_bos_token``, so that flag reads False here. Use ``num_special_tokens_to_add()`` instead.
     """
     if vocab_size < _MIN_VOCAB_SIZE:
         raise ValueError(f"vocab_size={vocab_size} is too small; need at least {_MIN_VOCAB_SIZE} (bytes + specials)")

@@ -1,0 +1,43 @@
+# Two commands on a fresh clone:
+#   make demo   build the tiny model and answer a question about an image
+#   make test   run the default test suite
+# Both create .venv and install everything on first use. torch: the CPU build where no NVIDIA GPU
+# is visible (TORCH_CPU_SPEC; add TORCH_PIP_ARGS="--index-url <PyTorch's CPU wheel index>" on machines
+# whose default index serves CUDA builds), the default build where one is.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_CPU_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-all clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(PIP) install --quiet torch; \
+	else \
+		$(PIP) install --quiet $(TORCH_PIP_ARGS) "$(TORCH_CPU_SPEC)"; \
+	fi
+	$(PIP) install --quiet -e ".[train,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/llava-vid init --config configs/model/tiny.yaml --out runs/tiny
+	$(VENV)/bin/llava-vid generate --model runs/tiny --image examples/shapes.png --max-new-tokens 24 \
+		"What shapes are in this picture?"
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache .hypothesis

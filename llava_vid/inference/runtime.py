@@ -1,0 +1,45 @@
+"""Where and how the model runs: device, dtype and attention backend, chosen once.
+
+On a CUDA GPU: bf16 (fp16 where bf16 is unsupported) and ``flash_attention_2`` when the optional
+``flash-attn`` package is installed, else PyTorch SDPA. On a CPU: fp32 and SDPA.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+from llava_vid.config import LlavaVidConfig
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype
+    attn_implementation: str
+
+
+def pick_runtime(device: str | None = None) -> Runtime:
+    """The best runtime for ``device`` (default: CUDA when available, else CPU)."""
+    resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if resolved.type != "cuda":
+        return Runtime(resolved, torch.float32, "sdpa")
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    return Runtime(resolved, dtype, "flash_attention_2" if has_flash else "sdpa")
+
+
+def load_pretrained(model_dir: str, runtime: Runtime | None = None):
+    """Load a saved model and its processor for inference on ``runtime`` (default: :func:`pick_runtime`)."""
+    from llava_vid.modeling import LlavaVidForConditionalGeneration
+    from llava_vid.processing.processor import LlavaVidProcessor
+
+    runtime = runtime or pick_runtime()
+    config = LlavaVidConfig.from_pretrained(model_dir)
+    model = LlavaVidForConditionalGeneration.from_pretrained(
+        model_dir, config=config, dtype=runtime.dtype, attn_implementation=runtime.attn_implementation
+    )
+    processor = LlavaVidProcessor.from_pretrained(model_dir)
+    return model.to(runtime.device).eval(), processor

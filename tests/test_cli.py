@@ -1,0 +1,64 @@
+"""The `llava-vid` command: init writes a loadable model atomically; generate streams an answer or
+fails with a message naming the problem."""
+
+from pathlib import Path
+
+import pytest
+
+from llava_vid.cli import COMPLETE_MARKER, main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "model" / "tiny.yaml")
+IMAGE = str(REPO / "examples" / "shapes.png")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "tiny"
+    assert main(["init", "--config", TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_init_writes_a_complete_model_folder(model_dir: Path) -> None:
+    names = {p.name for p in model_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "model_preset.yaml"} <= names
+    assert (model_dir / COMPLETE_MARKER).exists()
+    assert not [p for p in model_dir.parent.iterdir() if p.name.startswith(".tiny.")], "staging folder left behind"
+
+
+def test_init_keeps_an_existing_model_and_refuses_a_foreign_folder(model_dir: Path, tmp_path: Path) -> None:
+    before = (model_dir / "model.safetensors").stat().st_mtime_ns
+    assert main(["init", "--config", TINY, "--out", str(model_dir)]) == 0
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == before
+    foreign = tmp_path / "half_written"
+    foreign.mkdir()
+    (foreign / "config.json").write_text("{}")  # looks like a model, but has no completion marker
+    with pytest.raises(SystemExit, match="not an initialised model folder"):
+        main(["init", "--config", TINY, "--out", str(foreign)])
+
+
+def test_generate_streams_an_answer(model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["generate", "--model", str(model_dir), "--image", IMAGE, "--max-new-tokens", "6", "What is this?"])
+    assert code == 0
+    assert capsys.readouterr().out.strip(), "nothing was printed"
+
+
+def test_generate_names_a_missing_image(model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = str(REPO / "examples" / "no_such_image.png")
+    assert main(["generate", "--model", str(model_dir), "--image", missing, "What is this?"]) == 2
+    err = capsys.readouterr().err
+    assert missing in err and "not found" in err
+
+
+def test_generate_refuses_a_prompt_the_model_cannot_hold(model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["generate", "--model", str(model_dir), "--image", IMAGE, "--max-new-tokens", "5000", "Hi"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "2048" in err and "max_position_embeddings" in err
+
+
+def test_generate_refuses_an_overlong_prompt(model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    question = "describe " * 3000  # far past the tokenizer's 2048-token maximum
+    assert main(["generate", "--model", str(model_dir), "--image", IMAGE, question]) == 2
+    err = capsys.readouterr().err
+    assert "2048" in err and "not truncated" in err
