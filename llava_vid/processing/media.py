@@ -33,7 +33,7 @@ import io
 import os
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Union
 
 import numpy as np
@@ -135,38 +135,40 @@ def _load_from_path(path: str, max_pixels: int) -> Image.Image:
         except OSError:  # only used to word the message; never mask the bomb error
             return None
 
-    try:
-        with _bomb_warnings(max_pixels):
-            with Image.open(path) as im:
-                # `with` closes the file; _finish returns an independent, fully
-                # loaded image, so nothing lazy outlives this block.
-                return _finish(im, path, max_pixels)
-    except MediaError:
-        raise
-    except UnidentifiedImageError as exc:
-        raise MediaError(f"{path}: not a recognised image format (cannot identify image file)") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _bomb_error(path, probe(), max_pixels, exc) from exc
-    except PermissionError as exc:
-        raise MediaError(f"{path}: permission denied") from exc
-    except _DECODE_ERRORS as exc:
-        raise MediaError(f"{path}: cannot decode image ({_reason(exc)})") from exc
+    return _decode(lambda: Image.open(path), path, probe, max_pixels)
 
 
 def _load_from_bytes(data: bytes, label: str, max_pixels: int) -> Image.Image:
     """Decode encoded image bytes (label names the source in errors)."""
     if not data:
         raise MediaError(f"{label}: empty input (0 bytes)")
+    return _decode(lambda: Image.open(io.BytesIO(data)), label, lambda: _probe_size(io.BytesIO(data)), max_pixels)
+
+
+def _decode(
+    open_image: Callable[[], Image.Image],
+    label: str,
+    probe: Callable[[], tuple[int, int] | None],
+    max_pixels: int,
+) -> Image.Image:
+    """Open, size-check and decode one image; every failure becomes a MediaError naming ``label``.
+
+    ``probe`` re-reads the header size, only to word the message when PIL refuses a bomb itself.
+    """
     try:
         with _bomb_warnings(max_pixels):
-            with Image.open(io.BytesIO(data)) as im:
+            with open_image() as im:
+                # `with` closes the file; _finish returns an independent, fully
+                # loaded image, so nothing lazy outlives this block.
                 return _finish(im, label, max_pixels)
     except MediaError:
         raise
     except UnidentifiedImageError as exc:
         raise MediaError(f"{label}: not a recognised image format (cannot identify image data)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _bomb_error(label, _probe_size(io.BytesIO(data)), max_pixels, exc) from exc
+        raise _bomb_error(label, probe(), max_pixels, exc) from exc
+    except PermissionError as exc:
+        raise MediaError(f"{label}: permission denied") from exc
     except _DECODE_ERRORS as exc:
         raise MediaError(f"{label}: cannot decode image ({_reason(exc)})") from exc
 
