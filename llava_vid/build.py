@@ -16,7 +16,7 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
 
-from llava_vid.config import LlavaVidConfig
+from llava_vid.config import LlavaVidConfig, validate_modes
 from llava_vid.modeling import LlavaVidForConditionalGeneration
 from llava_vid.modeling.projector import build_projector
 from llava_vid.processing.image_processor import LlavaVidImageProcessor
@@ -89,7 +89,11 @@ def load_model_spec(path: str | Path) -> ModelSpec:
         if key in raw:
             raw[key] = _from_dict(cls, raw[key], f"{path}: {key}")
     spec = _from_dict(ModelSpec, raw, str(path))
-    check_template_name(spec.template)
+    try:
+        check_template_name(spec.template)
+        validate_modes(spec.projector_type, spec.vision_feature_select, spec.image_aspect_mode)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
     return spec
 
 

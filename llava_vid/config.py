@@ -46,6 +46,13 @@ def projector_depth(projector_type: ProjectorType) -> int:
     return int(match.group("depth"))
 
 
+def validate_modes(projector_type: str, vision_feature_select: str, image_aspect_mode: str) -> None:
+    """Check the mode fields; shared by the config and the preset loader so both say the same thing."""
+    projector_depth(projector_type)
+    _check_choice("vision_feature_select", vision_feature_select, get_args(VisionFeatureSelect))
+    _check_choice("image_aspect_mode", image_aspect_mode, get_args(ImageAspectMode))
+
+
 class LlavaVidConfig(PreTrainedConfig):
     r"""Configuration of :class:`~llava_vid.modeling.LlavaVidForConditionalGeneration`.
 
@@ -95,9 +102,7 @@ class LlavaVidConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)
-        projector_depth(self.projector_type)
-        _check_choice("vision_feature_select", self.vision_feature_select, get_args(VisionFeatureSelect))
-        _check_choice("image_aspect_mode", self.image_aspect_mode, get_args(ImageAspectMode))
+        validate_modes(self.projector_type, self.vision_feature_select, self.image_aspect_mode)
         num_layers = self.vision_config.num_hidden_layers
         if not -(num_layers + 1) <= self.vision_feature_layer <= num_layers:
             raise ValueError(

@@ -164,6 +164,11 @@ class LlavaVidProcessor(ProcessorMixin):
         encoding = self.tokenizer(prompt.text, return_offsets_mapping=with_labels, truncation=False)
         ids = torch.tensor(encoding["input_ids"], dtype=torch.long)  # (L_text,)
         labels = None
+        if with_labels and not prompt.target_spans:
+            raise ValueError(
+                "labels were asked for (add_generation_prompt=False) but the conversation has no assistant "
+                "turn, so every label would be masked; pass add_generation_prompt=True for inference"
+            )
         if with_labels:
             offsets = torch.tensor(encoding["offset_mapping"], dtype=torch.long).view(-1, 2)  # (L_text, 2)
             trained = torch.zeros(len(ids), dtype=torch.bool)
@@ -172,7 +177,7 @@ class LlavaVidProcessor(ProcessorMixin):
                 # tokens (BOS added by the post-processor) never overlap.
                 trained |= (offsets[:, 0] < end) & (offsets[:, 1] > start)
             labels = torch.where(trained, ids, IGNORE_INDEX)
-            if prompt.target_spans and not trained.any():
+            if not trained.any():
                 raise ValueError("no token of the assistant turns survived tokenisation; refusing an all-masked sample")
         # Each placeholder id becomes tokens_per_image copies; everything else stays single.
         repeats = torch.where(ids == self.image_token_id, self.tokens_per_image, 1)

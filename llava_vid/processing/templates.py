@@ -76,11 +76,20 @@ def _media_source(part: dict, index: int) -> Any:
     raise ValueError(f"message {index}: image part has none of the keys {list(MEDIA_SOURCE_KEYS)}: {part!r}")
 
 
+def _system_text(message: dict) -> str:
+    parts = _content_parts(message, 0)
+    if any(part["type"] != "text" for part in parts):
+        raise ValueError("message 0: a system message may hold text only")
+    return "".join(part["text"] for part in parts)
+
+
 def _check_roles(messages: list[dict]) -> list[dict]:
     """Validate the role sequence; return the messages without a leading system message."""
     if not messages:
         raise ValueError("the conversation has no messages")
     body = messages[1:] if messages[0].get("role") == "system" else messages
+    if not body:
+        raise ValueError("the conversation has no user/assistant messages, only a system message")
     for offset, message in enumerate(body):
         index = offset + len(messages) - len(body)
         expected = "user" if offset % 2 == 0 else "assistant"
@@ -107,12 +116,12 @@ def render(
     """
     check_template_name(template)
     body = _check_roles(messages)
-    system_text = messages[0].get("content") if messages[0].get("role") == "system" else None
+    system_text = _system_text(messages[0]) if messages[0].get("role") == "system" else None
     if add_generation_prompt and body[-1]["role"] != "user":
         raise ValueError("add_generation_prompt=True needs the conversation to end with a user message")
     prompt = RenderedPrompt()
     if template == "vicuna_v1":
-        prompt.add((system_text if isinstance(system_text, str) else VICUNA_SYSTEM) + " ")
+        prompt.add((VICUNA_SYSTEM if system_text is None else system_text) + " ")
     for offset, message in enumerate(body):
         index = offset + len(messages) - len(body)
         parts = _content_parts(message, index)
