@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import yaml
@@ -143,9 +143,16 @@ def build_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> LlavaVi
     )
 
 
-def build_processor(config: LlavaVidConfig, tokenizer: PreTrainedTokenizerBase, template: TemplateName) -> LlavaVidProcessor:
+def build_processor(
+    config: LlavaVidConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    template: TemplateName,
+    normalisation: dict[str, Sequence[float]] | None = None,
+) -> LlavaVidProcessor:
+    """The processor matching ``config``; ``normalisation`` may override ``image_mean``/``image_std``
+    (a converted checkpoint keeps its own)."""
     image_processor = LlavaVidImageProcessor(
-        image_size=config.vision_config.image_size, aspect_mode=config.image_aspect_mode
+        image_size=config.vision_config.image_size, aspect_mode=config.image_aspect_mode, **(normalisation or {})
     )
     return LlavaVidProcessor(
         image_processor,
@@ -183,7 +190,7 @@ def _assemble_pretrained(spec: ModelSpec, config: LlavaVidConfig) -> LlavaVidFor
     if spec.text.pretrained is not None:
         language_model = AutoModelForCausalLM.from_pretrained(spec.text.pretrained)
         if language_model.get_input_embeddings().num_embeddings < config.text_config.vocab_size:
-            # New <image>/<video> rows start at the mean embedding, the usual choice for added tokens.
+            # New <image>/<video> rows are drawn around the mean of the old ones (transformers mean_resizing).
             language_model.resize_token_embeddings(config.text_config.vocab_size, mean_resizing=True)
         model.language_model = language_model
     else:

@@ -70,6 +70,9 @@ class LlavaVidImageProcessor(BaseImageProcessor):
         super().__init__(**kwargs)
         if aspect_mode not in get_args(ImageAspectMode):
             raise ValueError(f"aspect_mode={aspect_mode!r} is invalid; expected one of {list(get_args(ImageAspectMode))}")
+        for name, values in (("image_mean", image_mean), ("image_std", image_std)):
+            if len(values) != 3:
+                raise ValueError(f"{name}={list(values)!r} must have 3 channels (R, G, B)")
         if image_size <= 0:
             raise ValueError(f"image_size={image_size} must be positive")
         self.image_size = image_size
