@@ -58,6 +58,9 @@ class ModelSpec:
     vision_feature_layer: int = -2
     vision_feature_select: str = "patch"
     image_aspect_mode: str = "pad"
+    image_grid_pinpoints: list[list[int]] | str | None = None
+    image_merge: str = "spatial_unpad"
+    anyres_max_tiles: int | None = None
     template: TemplateName = "vicuna_v1"
     seed: int = 0
 
@@ -91,7 +94,13 @@ def load_model_spec(path: str | Path) -> ModelSpec:
     spec = _from_dict(ModelSpec, raw, str(path))
     try:
         check_template_name(spec.template)
-        validate_modes(spec.projector_type, spec.vision_feature_select, spec.image_aspect_mode)
+        validate_modes(
+            projector_type=spec.projector_type,
+            vision_feature_select=spec.vision_feature_select,
+            image_aspect_mode=spec.image_aspect_mode,
+            image_merge=spec.image_merge,
+            anyres_max_tiles=spec.anyres_max_tiles,
+        )
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
     return spec
@@ -139,6 +148,9 @@ def build_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> LlavaVi
         vision_feature_layer=spec.vision_feature_layer,
         vision_feature_select=spec.vision_feature_select,
         image_aspect_mode=spec.image_aspect_mode,
+        image_grid_pinpoints=spec.image_grid_pinpoints,
+        image_merge=spec.image_merge,
+        anyres_max_tiles=spec.anyres_max_tiles,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
     )
 
@@ -152,13 +164,18 @@ def build_processor(
     """The processor matching ``config``; ``normalisation`` may override ``image_mean``/``image_std``
     (a converted checkpoint keeps its own)."""
     image_processor = LlavaVidImageProcessor(
-        image_size=config.vision_config.image_size, aspect_mode=config.image_aspect_mode, **(normalisation or {})
+        image_size=config.vision_config.image_size,
+        aspect_mode=config.image_aspect_mode,
+        image_grid_pinpoints=config.image_grid_pinpoints,
+        **(normalisation or {}),
     )
     return LlavaVidProcessor(
         image_processor,
         tokenizer,
         patch_size=config.vision_config.patch_size,
         vision_feature_select=config.vision_feature_select,
+        image_merge=config.image_merge,
+        anyres_max_tiles=config.anyres_max_tiles,
         template=template,
     )
 

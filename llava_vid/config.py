@@ -7,50 +7,45 @@ LLaMA first) and adds the multimodal glue settings. Every mode is a ``Literal`` 
 
 from __future__ import annotations
 
-import re
-from typing import Literal, get_args
-
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-# How vision patch features become LLM inputs. ``mlp{N}x_gelu`` is validated by pattern below.
-ProjectorType = str
-PROJECTOR_PATTERN = re.compile(r"^(linear|identity|mlp(?P<depth>[1-9][0-9]?)x_gelu)$")
-
-# "patch" drops the CLS token (LLaVA's default), "full" keeps it.
-VisionFeatureSelect = Literal["patch", "full"]
-
-# How a single image is fitted into the vision tower's square input (AnyRes modes come with AnyRes).
-ImageAspectMode = Literal["pad", "crop"]
+from llava_vid.geometry import VisionGeometry, default_grid_pinpoints, parse_grid_pinpoints, uses_newline
+from llava_vid.modes import (
+    ImageAspectMode,
+    MergeMode,
+    ProjectorType,
+    VisionFeatureSelect,
+    check_choice,
+    projector_depth,
+)
 
 MODEL_TYPE = "llava_vid"
 
 
-def _check_choice(field: str, value: object, allowed: tuple[object, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"LlavaVidConfig.{field}={value!r} is invalid; expected one of {list(allowed)}")
-
-
-def projector_depth(projector_type: ProjectorType) -> int:
-    """Number of Linear layers of a projector type (0 for ``identity``); raises on an unknown type."""
-    match = PROJECTOR_PATTERN.match(projector_type)
-    if match is None:
-        raise ValueError(
-            f"LlavaVidConfig.projector_type={projector_type!r} is invalid; expected 'linear', "
-            "'identity' or 'mlp{N}x_gelu' (e.g. 'mlp2x_gelu')"
-        )
-    if projector_type == "identity":
-        return 0
-    if projector_type == "linear":
-        return 1
-    return int(match.group("depth"))
-
-
-def validate_modes(projector_type: str, vision_feature_select: str, image_aspect_mode: str) -> None:
+def validate_modes(
+    *,
+    projector_type: str,
+    vision_feature_select: str,
+    image_aspect_mode: str,
+    image_merge: str = "spatial_unpad",
+    anyres_max_tiles: int | None = None,
+) -> None:
     """Check the mode fields; shared by the config and the preset loader so both say the same thing."""
     projector_depth(projector_type)
-    _check_choice("vision_feature_select", vision_feature_select, get_args(VisionFeatureSelect))
-    _check_choice("image_aspect_mode", image_aspect_mode, get_args(ImageAspectMode))
+    check_choice("vision_feature_select", vision_feature_select, VisionFeatureSelect)
+    check_choice("image_aspect_mode", image_aspect_mode, ImageAspectMode)
+    check_choice("image_merge", image_merge, MergeMode)
+    if anyres_max_tiles is not None and (image_aspect_mode != "anyres" or anyres_max_tiles < 1):
+        raise ValueError(
+            f"anyres_max_tiles={anyres_max_tiles} needs image_aspect_mode='anyres' and a value >= 1 "
+            f"(got image_aspect_mode={image_aspect_mode!r})"
+        )
+    if image_aspect_mode == "anyres" and image_merge != "flat" and vision_feature_select == "full":
+        raise ValueError(
+            f"image_merge={image_merge!r} lays tile features out as a grid, which the CLS token of "
+            "vision_feature_select='full' does not fit; use 'patch' or image_merge='flat'"
+        )
 
 
 class LlavaVidConfig(PreTrainedConfig):
@@ -65,8 +60,13 @@ class LlavaVidConfig(PreTrainedConfig):
         vision_feature_select: ``patch`` drops the CLS token, ``full`` keeps it.
         image_token_id: token id of the image placeholder; the processor writes exactly one per
             visual token.
-        image_aspect_mode: ``pad`` (LLaVA-1.5: pad to square with the mean colour, then resize) or
-            ``crop`` (CLIP: resize the short side, centre-crop).
+        image_aspect_mode: ``pad`` (LLaVA-1.5: pad to square with the mean colour, then resize),
+            ``crop`` (CLIP: resize the short side, centre-crop) or ``anyres`` (LLaVA-NeXT: a global
+            view plus tiles of the best pinpoint resolution).
+        image_grid_pinpoints: AnyRes resolutions, ``[[height, width], …]`` or ``"(1x1),...,(6x6)"``;
+            default LLaVA-NeXT's five layouts of the tower's tile size.
+        image_merge: ``flat``, ``spatial`` or ``spatial_unpad`` (AnyRes tile packing).
+        anyres_max_tiles: ``anyres_max_N``: shrink a big tile grid to about N tiles' worth of tokens.
         vision_chunk_size: at most this many images go through the vision tower at once, which
             bounds activation memory for long videos and many tiles.
     """
@@ -97,12 +97,25 @@ class LlavaVidConfig(PreTrainedConfig):
     vision_feature_select: VisionFeatureSelect = "patch"
     image_token_id: int | None = None
     image_aspect_mode: ImageAspectMode = "pad"
+    image_grid_pinpoints: list | str | None = None
+    image_merge: MergeMode = "spatial_unpad"
+    anyres_max_tiles: int | None = None
     vision_chunk_size: int = 64
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)
-        validate_modes(self.projector_type, self.vision_feature_select, self.image_aspect_mode)
+        validate_modes(
+            projector_type=self.projector_type,
+            vision_feature_select=self.vision_feature_select,
+            image_aspect_mode=self.image_aspect_mode,
+            image_merge=self.image_merge,
+            anyres_max_tiles=self.anyres_max_tiles,
+        )
+        tile = self.vision_config.image_size
+        pinpoints = default_grid_pinpoints(tile) if self.image_grid_pinpoints is None else self.image_grid_pinpoints
+        # Stored as plain [height, width] lists so config.json round-trips.
+        self.image_grid_pinpoints = [list(size) for size in parse_grid_pinpoints(pinpoints, tile)]
         num_layers = self.vision_config.num_hidden_layers
         if not -(num_layers + 1) <= self.vision_feature_layer <= num_layers:
             raise ValueError(
@@ -117,3 +130,18 @@ class LlavaVidConfig(PreTrainedConfig):
                 f"LlavaVidConfig.image_token_id={self.image_token_id} is outside the language model's "
                 f"vocabulary of {vocab_size} tokens (text_config.vocab_size)"
             )
+
+    @property
+    def has_image_newline(self) -> bool:
+        return uses_newline(self.image_aspect_mode, self.image_merge)
+
+    def vision_geometry(self) -> VisionGeometry:
+        """The geometry the shared token-count function wants, read from this config."""
+        return VisionGeometry(
+            image_size=self.vision_config.image_size,
+            patch_size=self.vision_config.patch_size,
+            feature_select=self.vision_feature_select,
+            merge=self.image_merge,
+            newline=self.has_image_newline,
+            max_tiles=self.anyres_max_tiles,
+        )

@@ -32,7 +32,8 @@ from torch import Tensor
 from transformers import AutoConfig, AutoModel, AutoTokenizer, LlamaConfig, PreTrainedConfig, PreTrainedTokenizerBase
 
 from llava_vid.build import build_processor
-from llava_vid.config import LlavaVidConfig, projector_depth
+from llava_vid.config import LlavaVidConfig
+from llava_vid.modes import projector_depth
 from llava_vid.modeling import LlavaVidForConditionalGeneration
 from llava_vid.processing.processor import LlavaVidProcessor
 from llava_vid.tokenizer import IMAGE_TOKEN, add_media_tokens

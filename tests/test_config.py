@@ -13,7 +13,6 @@ from llava_vid.build import ModelSpec, PartSpec, load_model_spec
 from llava_vid.config import LlavaVidConfig, projector_depth
 from llava_vid.geometry import VisionGeometry, num_image_tokens
 from llava_vid.modeling import LlavaVidForConditionalGeneration
-from llava_vid.modeling.llava_vid import vision_geometry
 from llava_vid.modeling.projector import build_projector
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
@@ -221,9 +220,9 @@ def test_num_image_tokens_for_clip_336() -> None:
 
 
 def test_model_geometry_comes_from_its_config() -> None:
-    assert num_image_tokens(vision_geometry(LlavaVidConfig())) == 576  # default tower: CLIP ViT-L/14-336
-    assert num_image_tokens(vision_geometry(LlavaVidConfig(vision_feature_select="full"))) == 577
-    assert num_image_tokens(vision_geometry(tiny_config())) == 16
+    assert num_image_tokens(LlavaVidConfig().vision_geometry()) == 576  # default tower: CLIP ViT-L/14-336
+    assert num_image_tokens(LlavaVidConfig(vision_feature_select="full").vision_geometry()) == 577
+    assert num_image_tokens(tiny_config().vision_geometry()) == 16
 
 
 @pytest.mark.parametrize(("image_size", "patch_size"), [(336, 15), (0, 14), (56, -14)])

@@ -269,7 +269,9 @@ def test_save_and_auto_load_round_trip(tiny_processor, solid_image, tmp_path: Pa
     ]
     before = processor.apply_chat_template(conversations, tokenize=True, return_dict=True)
     after = loaded.apply_chat_template(conversations, tokenize=True, return_dict=True)
-    assert set(before) == set(after) == {"input_ids", "attention_mask", "labels", "pixel_values"}
+    assert set(before) == set(after) == {
+        "input_ids", "attention_mask", "labels", "pixel_values", "image_sizes", "image_grids", "image_token_counts"
+    }
     for key in before:
         assert torch.equal(before[key], after[key]), key
 

@@ -8,6 +8,7 @@ import torch
 from transformers import TextStreamer
 
 from llava_vid.modeling import LlavaVidForConditionalGeneration
+from llava_vid.modes import ImageTreatment
 from llava_vid.processing.processor import LlavaVidProcessor
 
 
@@ -38,6 +39,8 @@ def answer(
     history: Sequence[dict] = (),
     max_new_tokens: int = 128,
     stream: bool = False,
+    image_treatment: ImageTreatment = "auto",
+    max_visual_tokens: int | None = None,
     **generate_kwargs: Any,
 ) -> str:
     """Answer ``question`` about ``images`` (paths, bytes or PIL images); greedy unless told otherwise.
@@ -45,11 +48,17 @@ def answer(
     Args:
         history: earlier messages of the conversation, if any.
         stream: print tokens to stdout as they are generated.
+        image_treatment, max_visual_tokens: per-request image handling (see :class:`LlavaVidProcessor`).
         generate_kwargs: passed to ``model.generate`` (``do_sample``, ``temperature``, …).
     """
     conversation = [*history, user_message(question, images)]
     inputs = processor.apply_chat_template(
-        conversation, add_generation_prompt=True, tokenize=True, return_dict=True
+        conversation,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        image_treatment=image_treatment,
+        max_visual_tokens=max_visual_tokens,
     ).to(model.device)
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from llava_vid.config import ProjectorType, projector_depth
+from llava_vid.modes import ProjectorType, projector_depth
 
 
 def build_projector(projector_type: ProjectorType, vision_width: int, text_width: int) -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from llava_vid.config import VisionFeatureSelect
+from llava_vid.modes import VisionFeatureSelect
 
 
 def encode_images(

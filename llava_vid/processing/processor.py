@@ -1,7 +1,9 @@
 """``LlavaVidProcessor``: chat messages or prompts → ``input_ids``, ``attention_mask``, ``pixel_values``, ``labels``.
 
 Each ``<image>`` placeholder is tokenised as one id and then expanded to exactly
-:func:`~llava_vid.geometry.num_image_tokens` copies — the same function the model checks against.
+:func:`~llava_vid.geometry.num_image_tokens` copies for that image's plan (global view or AnyRes
+tiles, chosen per request by :mod:`~llava_vid.processing.planning`) — the same function the model
+checks against.
 Expansion happens on ids (a ``repeat_interleave``), so target spans, offsets and left padding are
 computed on the short, human-readable text and stay exact.
 """
@@ -14,10 +16,11 @@ import torch
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
-from llava_vid.config import VisionFeatureSelect
-from llava_vid.geometry import VisionGeometry, num_image_tokens
+from llava_vid.geometry import VisionGeometry, num_image_tokens, uses_newline
+from llava_vid.modes import ImageTreatment, MergeMode, VisionFeatureSelect
 from llava_vid.processing.image_processor import LlavaVidImageProcessor
 from llava_vid.processing.media import load_image
+from llava_vid.processing.planning import plan_request
 from llava_vid.processing.templates import RenderedPrompt, TemplateName, check_template_name, render
 from llava_vid.tokenizer import IMAGE_TOKEN
 
@@ -34,7 +37,14 @@ class LlavaVidProcessor(ProcessorMixin):
         tokenizer: any fast tokenizer holding ``<image>`` as a special token.
         patch_size: the vision tower's patch size (from the model config).
         vision_feature_select: ``patch`` or ``full``, as in the model config.
+        image_merge, anyres_max_tiles: AnyRes packing, as in the model config.
         template: default conversation template for :meth:`apply_chat_template`.
+        max_images: refuse requests with more images than this (``None``: no limit).
+
+    Per-request options of :meth:`__call__` and :meth:`apply_chat_template`:
+        image_treatment: ``auto`` (AnyRes for a lone image, global views for several), ``anyres``
+            or ``global``.
+        max_visual_tokens: lower the tiling until each request's images fit this many tokens.
     """
 
     def __init__(
@@ -43,15 +53,28 @@ class LlavaVidProcessor(ProcessorMixin):
         tokenizer: PreTrainedTokenizerBase | None = None,
         patch_size: int = 14,
         vision_feature_select: VisionFeatureSelect = "patch",
+        image_merge: MergeMode = "spatial_unpad",
+        anyres_max_tiles: int | None = None,
         template: TemplateName = "vicuna_v1",
+        max_images: int | None = None,
         **kwargs,
     ) -> None:
         self.patch_size = patch_size
         self.vision_feature_select = vision_feature_select
+        self.image_merge = image_merge
+        self.anyres_max_tiles = anyres_max_tiles
         self.template = check_template_name(template)
+        self.max_images = max_images
         super().__init__(image_processor, tokenizer, **kwargs)
         self.image_token_id = self._require_token_id(IMAGE_TOKEN)
-        self.geometry = VisionGeometry(image_processor.image_size, patch_size, vision_feature_select)
+        self.geometry = VisionGeometry(
+            image_size=image_processor.image_size,
+            patch_size=patch_size,
+            feature_select=vision_feature_select,
+            merge=image_merge,
+            newline=uses_newline(image_processor.aspect_mode, image_merge),
+            max_tiles=anyres_max_tiles,
+        )
 
     def _require_token_id(self, token: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
@@ -63,6 +86,7 @@ class LlavaVidProcessor(ProcessorMixin):
 
     @property
     def tokens_per_image(self) -> int:
+        """Tokens of an image shown as its global view only (LLaVA-1.5: every image)."""
         return num_image_tokens(self.geometry)
 
     # ------------------------------------------------------------------ prompts → tensors
@@ -71,6 +95,8 @@ class LlavaVidProcessor(ProcessorMixin):
         text: str | Sequence[str],
         images: Sequence[Any] | Sequence[Sequence[Any]] | None = None,
         *,
+        image_treatment: ImageTreatment = "auto",
+        max_visual_tokens: int | None = None,
         return_tensors: str | None = "pt",
         **kwargs,
     ) -> BatchFeature:
@@ -86,7 +112,13 @@ class LlavaVidProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else list(text)
         per_prompt_images = self._split_images_by_prompt(texts, images)
         prompts = [RenderedPrompt(text=t, images=imgs) for t, imgs in zip(texts, per_prompt_images)]
-        return self._encode(prompts, with_labels=False, return_tensors=return_tensors)
+        return self._encode(
+            prompts,
+            with_labels=False,
+            return_tensors=return_tensors,
+            image_treatment=image_treatment,
+            max_visual_tokens=max_visual_tokens,
+        )
 
     def apply_chat_template(
         self,
@@ -95,6 +127,8 @@ class LlavaVidProcessor(ProcessorMixin):
         *,
         template: TemplateName | None = None,
         add_generation_prompt: bool = False,
+        image_treatment: ImageTreatment = "auto",
+        max_visual_tokens: int | None = None,
         tokenize: bool = False,
         return_dict: bool = False,
         return_tensors: str | None = "pt",
@@ -102,8 +136,9 @@ class LlavaVidProcessor(ProcessorMixin):
     ) -> str | list[str] | torch.Tensor | BatchFeature:
         """Render transformers-style chat messages with a LLaVA template (``template`` or the default).
 
-        With ``tokenize=True, return_dict=True`` returns ``input_ids``, ``attention_mask``,
-        ``pixel_values`` (when there are images) and, unless ``add_generation_prompt`` (i.e. for
+        With ``tokenize=True, return_dict=True`` returns ``input_ids``, ``attention_mask``, and when
+        there are images ``pixel_values``, ``image_sizes``, ``image_grids`` and ``image_token_counts``
+        (visual tokens per image), and, unless ``add_generation_prompt`` (i.e. for
         training on complete conversations), ``labels`` that keep only the assistant turns.
         ``chat_template`` is accepted as a synonym of ``template`` for transformers compatibility.
         """
@@ -120,7 +155,13 @@ class LlavaVidProcessor(ProcessorMixin):
         if not tokenize:
             texts = [prompt.text for prompt in prompts]
             return texts if is_batched else texts[0]
-        encoded = self._encode(prompts, with_labels=not add_generation_prompt, return_tensors=return_tensors)
+        encoded = self._encode(
+            prompts,
+            with_labels=not add_generation_prompt,
+            return_tensors=return_tensors,
+            image_treatment=image_treatment,
+            max_visual_tokens=max_visual_tokens,
+        )
         return encoded if return_dict else encoded["input_ids"]
 
     # ------------------------------------------------------------------ internals
@@ -144,23 +185,49 @@ class LlavaVidProcessor(ProcessorMixin):
             start += count
         return split
 
-    def _encode(self, prompts: list[RenderedPrompt], *, with_labels: bool, return_tensors: str | None) -> BatchFeature:
+    def _encode(
+        self,
+        prompts: list[RenderedPrompt],
+        *,
+        with_labels: bool,
+        return_tensors: str | None,
+        image_treatment: ImageTreatment,
+        max_visual_tokens: int | None,
+    ) -> BatchFeature:
+        images, plans, rows = [], [], []
         for index, prompt in enumerate(prompts):
             placeholders = prompt.text.count(IMAGE_TOKEN)
             if placeholders != len(prompt.images):
                 raise ValueError(
                     f"prompt {index} holds {placeholders} {IMAGE_TOKEN} placeholders but {len(prompt.images)} images"
                 )
-        loaded = [load_image(source) for prompt in prompts for source in prompt.images]
+            loaded = [load_image(source) for source in prompt.images]
+            prompt_plans = plan_request(
+                loaded,
+                self.image_processor,
+                self.geometry,
+                treatment=image_treatment,
+                max_visual_tokens=max_visual_tokens,
+                max_images=self.max_images,
+            )
+            counts = [num_image_tokens(self.geometry, plan) for plan in prompt_plans]
+            rows.append(self._tokenize(prompt, counts, with_labels))
+            images += loaded
+            plans += prompt_plans
 
-        rows = [self._tokenize(prompt, with_labels) for prompt in prompts]
         data: dict[str, Any] = self._pad([ids for ids, _ in rows], [labels for _, labels in rows], with_labels)
-        if loaded:
-            data["pixel_values"] = self.image_processor(loaded, return_tensors="pt")["pixel_values"]
+        if images:
+            data.update(self.image_processor(images, plans, return_tensors="pt"))
+            data["image_token_counts"] = torch.tensor([num_image_tokens(self.geometry, plan) for plan in plans])
         return BatchFeature(data, tensor_type=return_tensors)
 
-    def _tokenize(self, prompt: RenderedPrompt, with_labels: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One prompt → expanded ``input_ids`` and (optionally) labels, both ``(L,)``."""
+    def _tokenize(
+        self, prompt: RenderedPrompt, image_token_counts: list[int], with_labels: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One prompt → expanded ``input_ids`` and (optionally) labels, both ``(L,)``.
+
+        The k-th ``<image>`` becomes ``image_token_counts[k]`` copies of its id.
+        """
         encoding = self.tokenizer(prompt.text, return_offsets_mapping=with_labels, truncation=False)
         ids = torch.tensor(encoding["input_ids"], dtype=torch.long)  # (L_text,)
         labels = None
@@ -179,8 +246,9 @@ class LlavaVidProcessor(ProcessorMixin):
             labels = torch.where(trained, ids, IGNORE_INDEX)
             if not trained.any():
                 raise ValueError("no token of the assistant turns survived tokenisation; refusing an all-masked sample")
-        # Each placeholder id becomes tokens_per_image copies; everything else stays single.
-        repeats = torch.where(ids == self.image_token_id, self.tokens_per_image, 1)
+        # Each placeholder becomes its image's token count; everything else stays single.
+        repeats = torch.ones_like(ids)
+        repeats[ids == self.image_token_id] = torch.tensor(image_token_counts, dtype=ids.dtype)
         ids = ids.repeat_interleave(repeats)
         if labels is not None:
             labels = labels.repeat_interleave(repeats)
