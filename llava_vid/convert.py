@@ -1,9 +1,13 @@
-"""Checkpoint converters: transformers' ``LlavaForConditionalGeneration`` and original LLaVA → ours.
+"""Checkpoint converters: transformers' ``LlavaForConditionalGeneration`` / ``LlavaNextForConditionalGeneration``
+and original LLaVA → ours.
 
-Two sources are supported:
+Three sources are supported:
 
 * ``llava-hf`` — a transformers ``LlavaForConditionalGeneration`` checkpoint (``llava-hf/llava-1.5-7b-hf``).
   :func:`map_llava_hf_state_dict` renames its weights, :func:`convert_llava_hf` loads, maps and checks it.
+* ``llava-next-hf`` — a transformers ``LlavaNextForConditionalGeneration`` checkpoint
+  (``llava-hf/llava-v1.6-vicuna-7b-hf``): the same, plus AnyRes settings and ``image_newline``
+  (:func:`map_llava_next_hf_state_dict`, :func:`convert_llava_next_hf`).
 * ``llava`` — an original haotian-liu/LLaVA ``LlavaLlamaForCausalLM`` checkpoint (``liuhaotian/llava-v1.5-7b``),
   optionally with a separate stage-1 ``mm_projector.bin`` and a CLIP tower loaded from its own checkpoint.
   :func:`map_llava_state_dict`, :func:`llava_config_to_ours` and :func:`convert_llava`.
@@ -23,13 +27,21 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import AutoConfig, AutoModel, AutoTokenizer, LlamaConfig, PreTrainedConfig, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from llava_vid.build import build_processor
 from llava_vid.config import LlavaVidConfig
@@ -69,6 +81,9 @@ _LLAVA_HF_RULES = _rules(
         (r"^(?:language_model\.)?lm_head\.", "language_model.lm_head."),
     ]
 )
+
+# transformers' LlavaNextForConditionalGeneration: Llava's layout plus the learned row terminator.
+_LLAVA_NEXT_HF_RULES = _LLAVA_HF_RULES + _rules([(r"^(?:model\.)?image_newline$", "image_newline")])
 
 # Original LLaVA (LlavaLlamaForCausalLM): the LLaMA body is ``model.*`` with the multimodal parts beside it.
 _LLAVA_PROJECTOR_RULES = _rules(
@@ -125,6 +140,18 @@ def map_llava_hf_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tenso
         ValueError: listing every key that matches no rule, or naming two keys that map to the same name.
     """
     return _apply_rules(state_dict, _LLAVA_HF_RULES, "LlavaForConditionalGeneration state dict")
+
+
+def map_llava_next_hf_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a transformers ``LlavaNextForConditionalGeneration`` state dict to our parameter names.
+
+    The rules of :func:`map_llava_hf_state_dict`, plus ``model.image_newline`` (serialised: ``image_newline``) →
+    ``image_newline``.
+
+    Raises:
+        ValueError: listing every key that matches no rule, or naming two keys that map to the same name.
+    """
+    return _apply_rules(state_dict, _LLAVA_NEXT_HF_RULES, "LlavaNextForConditionalGeneration state dict")
 
 
 def map_llava_state_dict(
@@ -239,26 +266,14 @@ def _normalisation(image_config: Mapping[str, Any] | None) -> dict[str, list[flo
 _HF_SELECT_STRATEGY = {"default": "patch", "full": "full"}
 
 
-def llava_hf_config_to_ours(
-    hf_config: PreTrainedConfig, tokenizer: PreTrainedTokenizerBase, image_aspect_mode: str = "crop"
-) -> LlavaVidConfig:
-    """Map a transformers ``LlavaConfig`` to :class:`LlavaVidConfig`; refuse what our model cannot express.
-
-    Args:
-        hf_config: the source ``LlavaConfig``.
-        tokenizer: the source tokenizer after :func:`~llava_vid.tokenizer.add_media_tokens`; the language model's
-            vocabulary grows to hold all of its ids.
-        image_aspect_mode: ``pad`` or ``crop`` (read from the source's image processor by :func:`convert_llava_hf`).
-
-    Raises:
-        ValueError: naming the field, for a projector other than biased Linear-GELU-Linear, a list
-            ``vision_feature_layer``, an unknown feature-select strategy, or a tokenizer whose ``<image>`` id differs
-            from the config's ``image_token_id``.
-    """
-    if hf_config.model_type != "llava":
+def _hf_llava_config_kwargs(
+    hf_config: PreTrainedConfig, tokenizer: PreTrainedTokenizerBase, model_type: str, architecture: str
+) -> dict[str, Any]:
+    """The :class:`LlavaVidConfig` fields shared by transformers' Llava and LlavaNext configs, after the checks
+    both share (model type, projector, feature layer and strategy, ``<image>`` id)."""
+    if hf_config.model_type != model_type:
         raise ValueError(
-            f"expected a LlavaForConditionalGeneration checkpoint (model_type 'llava'), got "
-            f"model_type={hf_config.model_type!r}"
+            f"expected a {architecture} checkpoint (model_type {model_type!r}), got model_type={hf_config.model_type!r}"
         )
     if hf_config.projector_hidden_act != "gelu":
         raise ValueError(
@@ -287,15 +302,69 @@ def llava_hf_config_to_ours(
         )
     text_config = copy.deepcopy(hf_config.text_config)
     text_config.vocab_size = max(text_config.vocab_size, len(tokenizer))
-    return LlavaVidConfig(
+    return dict(
         vision_config=copy.deepcopy(hf_config.vision_config),
         text_config=text_config,
         projector_type="mlp2x_gelu",
         vision_feature_layer=feature_layer,
         vision_feature_select=_HF_SELECT_STRATEGY[strategy],
         image_token_id=image_token_id,
-        image_aspect_mode=image_aspect_mode,
     )
+
+
+def llava_hf_config_to_ours(
+    hf_config: PreTrainedConfig, tokenizer: PreTrainedTokenizerBase, image_aspect_mode: str = "crop"
+) -> LlavaVidConfig:
+    """Map a transformers ``LlavaConfig`` to :class:`LlavaVidConfig`; refuse what our model cannot express.
+
+    Args:
+        hf_config: the source ``LlavaConfig``.
+        tokenizer: the source tokenizer after :func:`~llava_vid.tokenizer.add_media_tokens`; the language model's
+            vocabulary grows to hold all of its ids.
+        image_aspect_mode: ``pad`` or ``crop`` (read from the source's image processor by :func:`convert_llava_hf`).
+
+    Raises:
+        ValueError: naming the field, for a projector other than biased Linear-GELU-Linear, a list
+            ``vision_feature_layer``, an unknown feature-select strategy, or a tokenizer whose ``<image>`` id differs
+            from the config's ``image_token_id``.
+    """
+    kwargs = _hf_llava_config_kwargs(hf_config, tokenizer, "llava", "LlavaForConditionalGeneration")
+    return LlavaVidConfig(**kwargs, image_aspect_mode=image_aspect_mode)
+
+
+def _hf_checkpoint(
+    src: str | Path, config_class: type[PreTrainedConfig]
+) -> tuple[Path, PreTrainedConfig, PreTrainedTokenizerBase, dict[str, Any] | None]:
+    """Read a transformers Llava-family checkpoint directory: its config, its tokenizer (with our media tokens and
+    padding) and its image processor settings."""
+    src = _require_dir(src)
+    hf_config = config_class.from_pretrained(src)
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) in (None, tokenizer.unk_token_id):
+        raise ValueError(
+            f"{src}: the tokenizer has no {IMAGE_TOKEN!r} token "
+            f"(the config's image_token_id is {hf_config.image_token_id})"
+        )
+    _prepare_tokenizer(tokenizer)
+    return src, hf_config, tokenizer, _source_image_processor_config(src)
+
+
+def _convert_hf_model(
+    src: Path,
+    hf_config: PreTrainedConfig,
+    model_class: type[PreTrainedModel],
+    map_state_dict: Callable[[Mapping[str, Tensor]], dict[str, Tensor]],
+    config: LlavaVidConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    image_config: Mapping[str, Any] | None,
+) -> tuple[LlavaVidForConditionalGeneration, LlavaVidProcessor]:
+    """Load the transformers model, rename its weights into ours and build the matching processor."""
+    hf_model = model_class.from_pretrained(src, config=hf_config, dtype="auto")
+    state_dict = map_state_dict(hf_model.state_dict())
+    del hf_model
+    model = _load_into_model(config, state_dict)
+    processor = build_processor(config, tokenizer, TEMPLATE, _normalisation(image_config))
+    return model, processor
 
 
 def convert_llava_hf(src: str | Path) -> tuple[LlavaVidForConditionalGeneration, LlavaVidProcessor]:
@@ -311,25 +380,71 @@ def convert_llava_hf(src: str | Path) -> tuple[LlavaVidForConditionalGeneration,
     """
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-    src = _require_dir(src)
-    hf_config = LlavaConfig.from_pretrained(src)
-    tokenizer = AutoTokenizer.from_pretrained(src)
-    if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) in (None, tokenizer.unk_token_id):
-        raise ValueError(
-            f"{src}: the tokenizer has no {IMAGE_TOKEN!r} token "
-            f"(the config's image_token_id is {hf_config.image_token_id})"
-        )
-    _prepare_tokenizer(tokenizer)
-    image_config = _source_image_processor_config(src)
+    src, hf_config, tokenizer, image_config = _hf_checkpoint(src, LlavaConfig)
     aspect_mode = "pad" if image_config and image_config.get("do_pad") else "crop"
     config = llava_hf_config_to_ours(hf_config, tokenizer, image_aspect_mode=aspect_mode)
+    return _convert_hf_model(
+        src, hf_config, LlavaForConditionalGeneration, map_llava_hf_state_dict, config, tokenizer, image_config
+    )
 
-    hf_model = LlavaForConditionalGeneration.from_pretrained(src, config=hf_config, dtype="auto")
-    state_dict = map_llava_hf_state_dict(hf_model.state_dict())
-    del hf_model
-    model = _load_into_model(config, state_dict)
-    processor = build_processor(config, tokenizer, TEMPLATE, _normalisation(image_config))
-    return model, processor
+
+# ---------------------------------------------------------------------------------------------- llava-next-hf
+def llava_next_hf_config_to_ours(
+    hf_config: PreTrainedConfig, tokenizer: PreTrainedTokenizerBase
+) -> LlavaVidConfig:
+    """Map a transformers ``LlavaNextConfig`` to :class:`LlavaVidConfig` (AnyRes, ``spatial_unpad``, newline).
+
+    transformers' LlavaNext always packs tiles as LLaVA-NeXT's ``spatial_unpad`` with one ``image_newline`` per row
+    and no ``anyres_max`` shrinking; ``image_grid_pinpoints`` are taken as they are (``[height, width]`` pairs).
+
+    Raises:
+        ValueError: naming the field, for everything :func:`llava_hf_config_to_ours` refuses, and for
+            ``vision_feature_select_strategy='full'`` (a CLS token does not fit the tile grid, in transformers either).
+    """
+    kwargs = _hf_llava_config_kwargs(hf_config, tokenizer, "llava_next", "LlavaNextForConditionalGeneration")
+    if kwargs["vision_feature_select"] != "patch":
+        raise ValueError(
+            f"vision_feature_select_strategy={hf_config.vision_feature_select_strategy!r} is not supported for "
+            "LLaVA-NeXT: the CLS token does not fit the spatial_unpad tile grid; expected 'default'"
+        )
+    return LlavaVidConfig(
+        **kwargs,
+        image_aspect_mode="anyres",
+        image_grid_pinpoints=[list(size) for size in hf_config.image_grid_pinpoints],
+        image_merge="spatial_unpad",
+        anyres_max_tiles=None,
+    )
+
+
+def _check_processor_pinpoints(image_config: Mapping[str, Any] | None, config: LlavaVidConfig) -> None:
+    """transformers' LlavaNext processor counts tokens with its own pinpoints and the model packs with the config's;
+    a checkpoint where they differ cannot run consistently, so it is refused rather than converted one way."""
+    pinpoints = (image_config or {}).get("image_grid_pinpoints")
+    if pinpoints is not None and [list(size) for size in pinpoints] != config.image_grid_pinpoints:
+        raise ValueError(
+            f"the image processor's image_grid_pinpoints={pinpoints} differ from the model config's "
+            f"{config.image_grid_pinpoints}; the checkpoint's processor and model disagree"
+        )
+
+
+def convert_llava_next_hf(src: str | Path) -> tuple[LlavaVidForConditionalGeneration, LlavaVidProcessor]:
+    """Convert a local transformers ``LlavaNextForConditionalGeneration`` checkpoint directory.
+
+    As :func:`convert_llava_hf`, with the config mapped by :func:`llava_next_hf_config_to_ours` (AnyRes with the
+    checkpoint's pinpoints) and the weights by :func:`map_llava_next_hf_state_dict` (plus ``image_newline``).
+    Normalisation comes from the source's image processor settings, whose pinpoints must match the config's.
+
+    Returns:
+        Our model (eval mode, the checkpoint's dtype) and a processor with the ``vicuna_v1`` template.
+    """
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    src, hf_config, tokenizer, image_config = _hf_checkpoint(src, LlavaNextConfig)
+    config = llava_next_hf_config_to_ours(hf_config, tokenizer)
+    _check_processor_pinpoints(image_config, config)
+    return _convert_hf_model(
+        src, hf_config, LlavaNextForConditionalGeneration, map_llava_next_hf_state_dict, config, tokenizer, image_config
+    )
 
 
 # ----------------------------------------------------------------------------------------- original LLaVA

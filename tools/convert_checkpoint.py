@@ -1,6 +1,7 @@
 """Convert a LLaVA checkpoint into a llava_vid checkpoint directory.
 
     python tools/convert_checkpoint.py --from llava-hf path/to/llava-1.5-7b-hf out/llava-vid-7b
+    python tools/convert_checkpoint.py --from llava-next-hf path/to/llava-v1.6-vicuna-7b-hf out/llava-vid-next-7b
     python tools/convert_checkpoint.py --from llava path/to/llava-v1.5-7b out/llava-vid-7b \\
         --vision-tower path/to/clip-vit-large-patch14-336 [--projector path/to/mm_projector.bin]
 
@@ -14,7 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from llava_vid.convert import convert_llava, convert_llava_hf, save_converted
+from llava_vid.convert import convert_llava, convert_llava_hf, convert_llava_next_hf, save_converted
+
+# Sources that are a single transformers checkpoint directory (no --vision-tower / --projector).
+HF_CONVERTERS = {"llava-hf": convert_llava_hf, "llava-next-hf": convert_llava_next_hf}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,8 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--from",
         dest="source",
         required=True,
-        choices=("llava-hf", "llava"),
-        help="llava-hf: transformers LlavaForConditionalGeneration; llava: original haotian-liu/LLaVA checkpoint",
+        choices=(*HF_CONVERTERS, "llava"),
+        help="llava-hf: transformers LlavaForConditionalGeneration; llava-next-hf: transformers "
+        "LlavaNextForConditionalGeneration; llava: original haotian-liu/LLaVA checkpoint",
     )
     parser.add_argument("src", type=Path, help="source checkpoint directory")
     parser.add_argument("dst", type=Path, help="output directory")
@@ -33,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--projector", type=Path, help="(--from llava) stage-1 mm_projector.bin")
     args = parser.parse_args(argv)
-    if args.source == "llava-hf" and (args.vision_tower or args.projector):
+    if args.source in HF_CONVERTERS and (args.vision_tower or args.projector):
         parser.error("--vision-tower and --projector only apply to --from llava")
     return args
 
@@ -41,8 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.source == "llava-hf":
-            model, processor = convert_llava_hf(args.src)
+        if args.source in HF_CONVERTERS:
+            model, processor = HF_CONVERTERS[args.source](args.src)
         else:
             model, processor = convert_llava(args.src, vision_tower=args.vision_tower, projector=args.projector)
     except (ValueError, OSError) as error:
@@ -53,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"converted {args.source} checkpoint {args.src}: projector={config.projector_type} "
         f"vision_feature_layer={config.vision_feature_layer} vision_feature_select={config.vision_feature_select} "
-        f"image_aspect_mode={config.image_aspect_mode} image_token_id={config.image_token_id} "
-        f"vocab_size={config.text_config.vocab_size} dtype={model.dtype}"
+        f"image_aspect_mode={config.image_aspect_mode} image_merge={config.image_merge} "
+        f"image_token_id={config.image_token_id} vocab_size={config.text_config.vocab_size} dtype={model.dtype}"
     )
     print(f"wrote {len(written)} files to {args.dst}:")
     for path in written:
