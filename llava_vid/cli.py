@@ -2,6 +2,7 @@
 
     llava-vid init --config configs/model/tiny.yaml --out DIR
     llava-vid generate --model DIR --image PATH "question"
+    llava-vid inspect IMAGE [--config PRESET | --model DIR] [--out PNG]
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, get_args
 
+from llava_vid.modes import ImageTreatment
 from llava_vid.processing.templates import TEMPLATE_NAMES
 
 COMPLETE_MARKER = "llava_vid_complete"  # written last, so a half-written folder is never mistaken for a model
@@ -61,6 +63,22 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from llava_vid.inspect_image import format_report, inspect_image, load_geometry
+
+    geometry, image_processor = load_geometry(args.config, args.model)
+    report = inspect_image(
+        args.image,
+        geometry,
+        image_processor,
+        treatment=args.treatment,
+        max_visual_tokens=args.max_visual_tokens,
+        out_path=args.out,
+    )
+    print(format_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llava-vid", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     generate.add_argument("question")
     generate.set_defaults(run=_generate)
+
+    inspect = commands.add_parser("inspect", help="show how an image is tiled and how many tokens it becomes")
+    inspect.add_argument("image", help="an image file")
+    source = inspect.add_mutually_exclusive_group()
+    source.add_argument("--config", help="model preset YAML (default: configs/model/tiny.yaml)")
+    source.add_argument("--model", help="a saved model folder (its processor is read)")
+    inspect.add_argument("--out", help="PNG to write (default: IMAGE stem + .inspect.png in the current folder)")
+    inspect.add_argument("--treatment", choices=get_args(ImageTreatment), default="auto")
+    inspect.add_argument("--max-visual-tokens", type=int, help="lower the tiling until the image fits this many tokens")
+    inspect.set_defaults(run=_inspect)
     return parser
 
 

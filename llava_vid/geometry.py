@@ -117,6 +117,8 @@ def parse_grid_pinpoints(pinpoints: str | Sequence[Sequence[int]], tile_size: in
             for rows in range(rows_lo, rows_hi + 1)
             for cols in range(cols_lo, cols_hi + 1)
         ]
+    if any(not isinstance(entry, (list, tuple)) for entry in pinpoints):
+        raise ValueError(f"image_grid_pinpoints={list(pinpoints)!r} must be a list of [height, width] pairs")
     resolutions = [tuple(entry) for entry in pinpoints]
     if not resolutions:
         raise ValueError("image_grid_pinpoints is empty; give at least one [height, width]")
@@ -187,29 +189,31 @@ def unpadded_grid_size(original_size: Size, grid_size: Size) -> Size:
     """The part of a ``grid_size`` feature grid that shows the image, not the padding around it.
 
     The image was fitted into the grid keeping its aspect ratio and centred, so the padding is an
-    equal band on two opposite sides (rounded as LLaVA-NeXT does).
+    equal band on two opposite sides (rounded as LLaVA-NeXT does). An image thinner than one patch
+    keeps one row/column rather than none (LLaVA-NeXT would produce an empty grid there).
     """
     height, width = original_size
     grid_height, grid_width = grid_size
     if width / height > grid_width / grid_height:  # wider than the grid: bands above and below
         content = int(round(height * (grid_width / width), 7))
         band = (grid_height - content) // 2
-        return grid_height - 2 * band, grid_width
+        return max(grid_height - 2 * band, 1), grid_width
     content = int(round(width * (grid_height / height), 7))
     band = (grid_width - content) // 2
-    return grid_height, grid_width - 2 * band
+    return grid_height, max(grid_width - 2 * band, 1)
 
 
 def shrunk_grid_size(grid_size: Size, max_tiles: int, patches_per_side: int) -> Size:
     """``anyres_max_N``: the grid size after bilinear shrinking to about ``max_tiles`` tiles' worth of tokens.
 
-    Unchanged unless the grid exceeds the budget by more than :data:`ANYRES_MAX_SLACK`.
+    Unchanged unless the grid exceeds the budget by more than :data:`ANYRES_MAX_SLACK`; a thin grid
+    keeps at least one row and one column.
     """
     height, width = grid_size
     ratio = math.sqrt(height * width / (max_tiles * patches_per_side**2))
     if ratio <= ANYRES_MAX_SLACK:
         return grid_size
-    return int(height // ratio), int(width // ratio)
+    return max(int(height // ratio), 1), max(int(width // ratio), 1)
 
 
 def packed_grid_size(geometry: VisionGeometry, plan: ImagePlan) -> Size:
@@ -224,8 +228,22 @@ def packed_grid_size(geometry: VisionGeometry, plan: ImagePlan) -> Size:
 
 
 # ------------------------------------------------------------------------------------------ token counts
-def num_image_tokens(geometry: VisionGeometry, plan: ImagePlan | None = None) -> int:
-    """Visual tokens one image becomes.
+@dataclass(frozen=True)
+class TokenBreakdown:
+    """Where an image's visual tokens come from (see :func:`image_token_breakdown`)."""
+
+    global_view: int
+    tiles: int
+    newlines: int
+    packed_grid: Size | None = None  # (rows, columns) of tile features, spatial merges only
+
+    @property
+    def total(self) -> int:
+        return self.global_view + self.tiles + self.newlines
+
+
+def image_token_breakdown(geometry: VisionGeometry, plan: ImagePlan | None = None) -> TokenBreakdown:
+    """The visual tokens of one image, part by part.
 
     * global view only (LLaVA-1.5, or a multi-image prompt): ``side²`` (+1 CLS with ``full``), plus one
       newline when the model has one. CLIP ViT-L/14-336: 24 × 24 = 576.
@@ -234,8 +252,13 @@ def num_image_tokens(geometry: VisionGeometry, plan: ImagePlan | None = None) ->
     """
     base = geometry.tokens_per_view
     if plan is None or plan.num_tiles == 0:
-        return base + (1 if geometry.newline else 0)
+        return TokenBreakdown(base, 0, 1 if geometry.newline else 0)
     if geometry.merge == "flat":
-        return base + plan.num_tiles * base
+        return TokenBreakdown(base, plan.num_tiles * base, 0)
     rows, columns = packed_grid_size(geometry, plan)
-    return base + rows * columns + (rows if geometry.newline else 0)
+    return TokenBreakdown(base, rows * columns, rows if geometry.newline else 0, (rows, columns))
+
+
+def num_image_tokens(geometry: VisionGeometry, plan: ImagePlan | None = None) -> int:
+    """Visual tokens one image becomes: THE count shared by processor, model, planner and tools."""
+    return image_token_breakdown(geometry, plan).total
