@@ -59,7 +59,16 @@ def _generate(args: argparse.Namespace) -> int:
     model, processor = load_pretrained(args.model, pick_runtime(args.device))
     if args.template:
         processor.template = args.template
-    answer(model, processor, args.question, args.image, max_new_tokens=args.max_new_tokens, stream=True)
+    answer(
+        model,
+        processor,
+        args.question,
+        args.image,
+        max_new_tokens=args.max_new_tokens,
+        stream=True,
+        image_treatment=args.treatment,
+        max_visual_tokens=args.max_visual_tokens,
+    )
     return 0
 
 
@@ -79,6 +88,17 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_image_options(command: argparse.ArgumentParser) -> None:
+    """Per-request image handling, the same for every command that takes images."""
+    command.add_argument(
+        "--treatment",
+        choices=get_args(ImageTreatment),
+        default="auto",
+        help="auto: tile a lone image, global views for several (AnyRes models); anyres; global",
+    )
+    command.add_argument("--max-visual-tokens", type=int, help="lower the tiling until the images fit this many tokens")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llava-vid", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=int, default=128)
     generate.add_argument("--template", choices=TEMPLATE_NAMES, help="override the processor's template")
     generate.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    _add_image_options(generate)
     generate.add_argument("question")
     generate.set_defaults(run=_generate)
 
@@ -104,8 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--config", help="model preset YAML (default: configs/model/tiny.yaml)")
     source.add_argument("--model", help="a saved model folder (its processor is read)")
     inspect.add_argument("--out", help="PNG to write (default: IMAGE stem + .inspect.png in the current folder)")
-    inspect.add_argument("--treatment", choices=get_args(ImageTreatment), default="auto")
-    inspect.add_argument("--max-visual-tokens", type=int, help="lower the tiling until the image fits this many tokens")
+    _add_image_options(inspect)
     inspect.set_defaults(run=_inspect)
     return parser
 

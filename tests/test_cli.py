@@ -62,3 +62,12 @@ def test_generate_refuses_an_overlong_prompt(model_dir: Path, capsys: pytest.Cap
     assert main(["generate", "--model", str(model_dir), "--image", IMAGE, question]) == 2
     err = capsys.readouterr().err
     assert "2048" in err and "not truncated" in err
+
+
+def test_generate_takes_several_images_and_a_token_budget(model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["generate", "--model", str(model_dir), "--image", IMAGE, "--image", IMAGE, "--max-new-tokens", "3"]
+    assert main([*args, "Same picture?"]) == 0
+    assert capsys.readouterr().out.strip()
+    # Two global views need 2 × 16 tokens on the tiny model: a budget of 20 is refused with the numbers.
+    assert main([*args, "--max-visual-tokens", "20", "Same picture?"]) == 2
+    assert "max_visual_tokens=20 is too small for 2 images" in capsys.readouterr().err
