@@ -94,13 +94,7 @@ def load_model_spec(path: str | Path) -> ModelSpec:
     spec = _from_dict(ModelSpec, raw, str(path))
     try:
         check_template_name(spec.template)
-        validate_modes(
-            projector_type=spec.projector_type,
-            vision_feature_select=spec.vision_feature_select,
-            image_aspect_mode=spec.image_aspect_mode,
-            image_merge=spec.image_merge,
-            anyres_max_tiles=spec.anyres_max_tiles,
-        )
+        validate_modes(spec)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
     return spec

@@ -23,15 +23,14 @@ from llava_vid.modes import (
 MODEL_TYPE = "llava_vid"
 
 
-def validate_modes(
-    *,
-    projector_type: str,
-    vision_feature_select: str,
-    image_aspect_mode: str,
-    image_merge: str = "spatial_unpad",
-    anyres_max_tiles: int | None = None,
-) -> None:
-    """Check the mode fields; shared by the config and the preset loader so both say the same thing."""
+def validate_modes(source: object) -> None:
+    """Check the mode fields of ``source`` (a :class:`LlavaVidConfig` or a model preset): shared by the
+    config and the preset loader so both say the same thing about the same field."""
+    projector_type = source.projector_type
+    vision_feature_select = source.vision_feature_select
+    image_aspect_mode = source.image_aspect_mode
+    image_merge = source.image_merge
+    anyres_max_tiles = source.anyres_max_tiles
     projector_depth(projector_type)
     check_choice("vision_feature_select", vision_feature_select, VisionFeatureSelect)
     check_choice("image_aspect_mode", image_aspect_mode, ImageAspectMode)
@@ -105,13 +104,7 @@ class LlavaVidConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)
-        validate_modes(
-            projector_type=self.projector_type,
-            vision_feature_select=self.vision_feature_select,
-            image_aspect_mode=self.image_aspect_mode,
-            image_merge=self.image_merge,
-            anyres_max_tiles=self.anyres_max_tiles,
-        )
+        validate_modes(self)
         tile = self.vision_config.image_size
         pinpoints = default_grid_pinpoints(tile) if self.image_grid_pinpoints is None else self.image_grid_pinpoints
         # Stored as plain [height, width] lists so config.json round-trips.
