@@ -45,7 +45,7 @@ from transformers import (
 
 from llava_vid.build import build_processor
 from llava_vid.config import LlavaVidConfig
-from llava_vid.modes import projector_depth
+from llava_vid.modes import parse_aspect_ratio, projector_depth
 from llava_vid.modeling import LlavaVidForConditionalGeneration
 from llava_vid.processing.processor import LlavaVidProcessor
 from llava_vid.tokenizer import IMAGE_TOKEN, add_media_tokens
@@ -97,6 +97,7 @@ _LLAVA_RULES = _LLAVA_PROJECTOR_RULES + _rules(
         (r"^model\.(embed_tokens|layers|norm)\.", r"language_model.model.\1."),
         (r"^lm_head\.", "language_model.lm_head."),
         (r"^model\.vision_tower\.vision_tower\.vision_model\.", "vision_tower."),
+        (r"^model\.image_newline$", "image_newline"),  # LLaVA-NeXT (AnyRes) checkpoints
     ]
 )
 
@@ -472,7 +473,8 @@ def llava_config_to_ours(
 
     Reads ``mm_projector_type`` (``linear`` when absent, as in LLaVA), ``mm_vision_select_layer``,
     ``mm_vision_select_feature`` (``patch`` → ``patch``, ``cls_patch`` → ``full``) and ``image_aspect_ratio``
-    (``pad`` → ``pad``, anything else but AnyRes → ``crop``, CLIP's resize and centre-crop).
+    (``pad`` → ``pad``; ``anyres``/``anyres_max_N`` → AnyRes with the config's ``image_grid_pinpoints`` and
+    ``mm_patch_merge_type``; anything else → ``crop``, CLIP's resize and centre-crop).
 
     Args:
         cfg: the checkpoint's ``config.json``.
@@ -481,7 +483,7 @@ def llava_config_to_ours(
             hold its ids and ``image_token_id`` is its ``<image>`` id.
 
     Raises:
-        ValueError: naming the field, for AnyRes, ``<im_start>``/``<im_patch>`` tokens, an unknown projector or
+        ValueError: naming the field, for an AnyRes merge type we do not reproduce, ``<im_start>``/``<im_patch>`` tokens, an unknown projector or
             feature selection, a missing select layer, a non-LLaMA LLaVA, or a tower width that disagrees with
             ``mm_hidden_size``.
     """
@@ -497,12 +499,7 @@ def llava_config_to_ours(
     if architectures != ["LlavaLlamaForCausalLM"]:
         raise ValueError(f"architectures={architectures!r} is not supported; expected ['LlavaLlamaForCausalLM']")
 
-    aspect = cfg.get("image_aspect_ratio") or "square"
-    if str(aspect).startswith("anyres"):
-        raise ValueError(
-            f"image_aspect_ratio={aspect!r} (AnyRes) is not supported yet: AnyRes conversion arrives with the AnyRes "
-            "issue"
-        )
+    aspect_modes = _llava_aspect_modes(cfg)
     for flag in ("mm_use_im_start_end", "mm_use_im_patch_token"):
         if cfg.get(flag):
             raise ValueError(f"{flag}=True is not supported: our model has no <im_start>/<im_end>/<im_patch> tokens")
@@ -540,8 +537,37 @@ def llava_config_to_ours(
         vision_feature_layer=int(cfg["mm_vision_select_layer"]),
         vision_feature_select=_SELECT_FEATURE[select_feature],
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_aspect_mode="pad" if aspect == "pad" else "crop",
+        **aspect_modes,
     )
+
+
+# LLaVA's mm_patch_merge_type values we reproduce exactly (its "spatial" has no row newline, ours does).
+_LLAVA_MERGE_TYPES = {"flat": "flat", "spatial_unpad": "spatial_unpad"}
+
+
+def _llava_aspect_modes(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``image_aspect_ratio`` (+ ``mm_patch_merge_type``, ``image_grid_pinpoints`` for AnyRes) → our fields.
+
+    ``pad`` → ``pad``; ``anyres``/``anyres_max_N`` → AnyRes (LLaVA-NeXT / OneVision); anything else
+    (``square``, absent) → ``crop``, CLIP's resize and centre-crop.
+    """
+    aspect = str(cfg.get("image_aspect_ratio") or "square")
+    if not aspect.startswith("anyres"):
+        return {"image_aspect_mode": "pad" if aspect == "pad" else "crop"}
+    mode, max_tiles = parse_aspect_ratio(aspect)
+    merge = cfg.get("mm_patch_merge_type", "flat")
+    if merge not in _LLAVA_MERGE_TYPES:
+        raise ValueError(
+            f"mm_patch_merge_type={merge!r} is not supported; expected one of {list(_LLAVA_MERGE_TYPES)}"
+        )
+    if "image_grid_pinpoints" not in cfg:
+        raise ValueError(f"image_aspect_ratio={aspect!r} needs image_grid_pinpoints in the config")
+    return {
+        "image_aspect_mode": mode,
+        "anyres_max_tiles": max_tiles,
+        "image_merge": _LLAVA_MERGE_TYPES[merge],
+        "image_grid_pinpoints": cfg["image_grid_pinpoints"],
+    }
 
 
 def _load_vision_config(tower: str) -> PreTrainedConfig:

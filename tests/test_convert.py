@@ -293,6 +293,8 @@ def to_llava_names(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             new = "model." + key.removeprefix("language_model.model.")
         elif key == "language_model.lm_head.weight":
             new = "lm_head.weight"
+        elif key == "image_newline":
+            new = "model.image_newline"
         else:
             raise AssertionError(key)
         renamed[new] = value
@@ -404,7 +406,6 @@ def test_unknown_llava_key_raises(llava_source, tokenizer, clip_dir, tmp_path):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("image_aspect_ratio", "anyres", "AnyRes conversion arrives with the AnyRes issue"),
         ("mm_projector_type", "qformer", "mm_projector_type"),
         ("mm_vision_select_feature", "cls", "mm_vision_select_feature"),
         ("mm_use_im_start_end", True, "mm_use_im_start_end"),
@@ -452,3 +453,42 @@ def test_cli_llava_in_process(llava_source, clip_dir, tokenizer, tmp_path, capsy
     assert "--projector" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["--from", "llava-hf", "a", "b", "--projector", "x.bin"])
+
+
+@pytest.mark.parametrize("aspect", ["anyres", "anyres_max_4"])
+def test_convert_llava_next_original_layout(aspect, llava_source, clip_dir, tokenizer, tmp_path):
+    """An original LLaVA-NeXT checkpoint (AnyRes, spatial_unpad, model.image_newline) converts exactly."""
+    _, _, llava_config = llava_source
+    pinpoints = [[56, 112], [112, 56], [112, 112]]
+    anyres_config = {
+        **llava_config,
+        "image_aspect_ratio": aspect,
+        "mm_patch_merge_type": "spatial_unpad",
+        "image_grid_pinpoints": pinpoints,
+    }
+    ours = llava_config_to_ours(anyres_config, tiny_vision_config(), tokenizer)
+    torch.manual_seed(3)
+    weights = {k: v.clone() for k, v in LlavaVidForConditionalGeneration(ours).state_dict().items()}
+    assert "image_newline" in weights
+    write_llava_checkpoint(tmp_path / "next", tokenizer, anyres_config, to_llava_names(weights), "safetensors")
+
+    model, processor = convert_llava(tmp_path / "next", vision_tower=str(clip_dir[0]))
+    assert (model.config.image_aspect_mode, model.config.image_merge) == ("anyres", "spatial_unpad")
+    assert model.config.anyres_max_tiles == (4 if aspect == "anyres_max_4" else None)
+    assert model.config.image_grid_pinpoints == pinpoints
+    assert processor.image_processor.aspect_mode == "anyres" and processor.geometry.newline
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value[: weights[key].shape[0]], weights[key], msg=key)
+
+
+def test_llava_anyres_refusals(llava_source, tokenizer):
+    _, _, llava_config = llava_source
+    anyres = {**llava_config, "image_aspect_ratio": "anyres", "image_grid_pinpoints": [[56, 112]]}
+    # LLaVA's "spatial" merge has no row newline; ours does, so converting it would change the model.
+    with pytest.raises(ValueError, match="mm_patch_merge_type='spatial' is not supported"):
+        llava_config_to_ours({**anyres, "mm_patch_merge_type": "spatial"}, tiny_vision_config(), tokenizer)
+    without_pinpoints = {k: v for k, v in anyres.items() if k != "image_grid_pinpoints"}
+    with pytest.raises(ValueError, match="needs image_grid_pinpoints"):
+        llava_config_to_ours({**without_pinpoints, "mm_patch_merge_type": "spatial_unpad"}, tiny_vision_config(), tokenizer)
+    with pytest.raises(ValueError, match="image_aspect_ratio"):
+        llava_config_to_ours({**anyres, "image_aspect_ratio": "anyres_big"}, tiny_vision_config(), tokenizer)
