@@ -18,11 +18,10 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 
 from llava_vid.config import LlavaVidConfig, validate_modes
 from llava_vid.modeling import LlavaVidForConditionalGeneration
-from llava_vid.modeling.projector import build_projector
 from llava_vid.processing.image_processor import LlavaVidImageProcessor
 from llava_vid.processing.processor import LlavaVidProcessor
 from llava_vid.processing.templates import TemplateName, check_template_name
-from llava_vid.tokenizer import IMAGE_TOKEN, add_media_tokens, build_offline_tokenizer
+from llava_vid.tokenizer import IMAGE_TOKEN, VIDEO_TOKEN, add_media_tokens, build_offline_tokenizer
 
 
 @dataclass
@@ -53,6 +52,7 @@ class ModelSpec:
 
     vision: PartSpec
     text: PartSpec
+    qformer: PartSpec | None = None  # the video Q-Former (a config; random init, trained in stage 1)
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
     projector_type: str = "mlp2x_gelu"
     vision_feature_layer: int = -2
@@ -61,6 +61,8 @@ class ModelSpec:
     image_grid_pinpoints: list[list[int]] | str | None = None
     image_merge: str = "spatial_unpad"
     anyres_max_tiles: int | None = None
+    video_num_queries: int = 32
+    video_content_grid: int = 1
     template: TemplateName = "vicuna_v1"
     seed: int = 0
 
@@ -88,8 +90,8 @@ def load_model_spec(path: str | Path) -> ModelSpec:
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a model preset must be a mapping")
     raw = dict(raw)
-    for key, cls in (("vision", PartSpec), ("text", PartSpec), ("tokenizer", TokenizerSpec)):
-        if key in raw:
+    for key, cls in (("vision", PartSpec), ("text", PartSpec), ("qformer", PartSpec), ("tokenizer", TokenizerSpec)):
+        if raw.get(key) is not None:
             raw[key] = _from_dict(cls, raw[key], f"{path}: {key}")
     spec = _from_dict(ModelSpec, raw, str(path))
     try:
@@ -135,9 +137,18 @@ def build_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> LlavaVi
         text_config.vocab_size = max(text_config.vocab_size, len(tokenizer))
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(text_config, name, getattr(tokenizer, name))
+    vision_config = _part_config(spec.vision)
+    qformer_config = None
+    if spec.qformer is not None:
+        qformer_config = _part_config(spec.qformer)
+        # The Q-Former reads frame features and the instruction in the LLM tokenizer's ids.
+        qformer_config.encoder_hidden_size = vision_config.hidden_size
+        qformer_config.vocab_size = len(tokenizer)
+        qformer_config.pad_token_id = tokenizer.pad_token_id
     return LlavaVidConfig(
-        vision_config=_part_config(spec.vision),
+        vision_config=vision_config,
         text_config=text_config,
+        qformer_config=qformer_config,
         projector_type=spec.projector_type,
         vision_feature_layer=spec.vision_feature_layer,
         vision_feature_select=spec.vision_feature_select,
@@ -146,6 +157,9 @@ def build_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> LlavaVi
         image_merge=spec.image_merge,
         anyres_max_tiles=spec.anyres_max_tiles,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        video_token_id=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
+        video_num_queries=spec.video_num_queries,
+        video_content_grid=spec.video_content_grid,
     )
 
 
@@ -171,6 +185,8 @@ def build_processor(
         image_merge=config.image_merge,
         anyres_max_tiles=config.anyres_max_tiles,
         template=template,
+        video_content_grid=config.video_content_grid,
+        **({"qformer_max_length": config.qformer_config.max_position_embeddings} if config.has_video else {}),
     )
 
 
@@ -209,7 +225,5 @@ def _assemble_pretrained(spec: ModelSpec, config: LlavaVidConfig) -> LlavaVidFor
     # The loaded parts' configs are the truth (same checkpoints, plus the resized vocabulary).
     model.config.vision_config = model.vision_tower.config
     model.config.text_config = model.language_model.config
-    model.projector = build_projector(
-        config.projector_type, config.vision_config.hidden_size, config.text_config.hidden_size
-    )
+    model.init_multimodal_parts()  # projector, compressor, newline: real tensors, fresh
     return model

@@ -68,6 +68,12 @@ class LlavaVidConfig(PreTrainedConfig):
         anyres_max_tiles: ``anyres_max_N``: shrink a big tile grid to about N tiles' worth of tokens.
         vision_chunk_size: at most this many images go through the vision tower at once, which
             bounds activation memory for long videos and many tiles.
+        qformer_config: the InstructBLIP-style Q-Former of the video context tokens (LLaMA-VID);
+            ``None`` for an image-only model. Its ``encoder_hidden_size`` is the vision width.
+        video_token_id: token id of the video placeholder (one per visual token of a video).
+        video_num_queries: learned queries of the Q-Former.
+        video_content_grid: default content grid ``g``: each frame gives ``g × g`` content tokens
+            after its context token (a request may choose another).
     """
 
     model_type = MODEL_TYPE
@@ -87,10 +93,13 @@ class LlavaVidConfig(PreTrainedConfig):
             },
         ),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+        # The LLaMA-VID context-token Q-Former; absent (None) for an image-only model.
+        "qformer_config": SubConfigSpec(config_class=AutoConfig, model_type="instructblip_qformer", optional=True),
     }
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
+    qformer_config: dict | PreTrainedConfig | None = None
     projector_type: str = "mlp2x_gelu"
     vision_feature_layer: int = -2
     vision_feature_select: VisionFeatureSelect = "patch"
@@ -100,6 +109,9 @@ class LlavaVidConfig(PreTrainedConfig):
     image_merge: MergeMode = "spatial_unpad"
     anyres_max_tiles: int | None = None
     vision_chunk_size: int = 64
+    video_token_id: int | None = None
+    video_num_queries: int = 32
+    video_content_grid: int = 1
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs) -> None:
@@ -118,10 +130,22 @@ class LlavaVidConfig(PreTrainedConfig):
         if self.vision_chunk_size < 1:
             raise ValueError(f"LlavaVidConfig.vision_chunk_size={self.vision_chunk_size} must be >= 1")
         vocab_size = self.text_config.vocab_size
-        if self.image_token_id is not None and not 0 <= self.image_token_id < vocab_size:
+        for name in ("image_token_id", "video_token_id"):
+            token_id = getattr(self, name)
+            if token_id is not None and not 0 <= token_id < vocab_size:
+                raise ValueError(
+                    f"LlavaVidConfig.{name}={token_id} is outside the language model's "
+                    f"vocabulary of {vocab_size} tokens (text_config.vocab_size)"
+                )
+        if self.video_content_grid < 1 or self.video_num_queries < 1:
             raise ValueError(
-                f"LlavaVidConfig.image_token_id={self.image_token_id} is outside the language model's "
-                f"vocabulary of {vocab_size} tokens (text_config.vocab_size)"
+                f"LlavaVidConfig.video_content_grid={self.video_content_grid} and video_num_queries="
+                f"{self.video_num_queries} must be >= 1"
+            )
+        if self.qformer_config is not None and self.qformer_config.encoder_hidden_size != self.vision_config.hidden_size:
+            raise ValueError(
+                f"LlavaVidConfig.qformer_config.encoder_hidden_size={self.qformer_config.encoder_hidden_size} must equal "
+                f"the vision width vision_config.hidden_size={self.vision_config.hidden_size} (the Q-Former reads frame features)"
             )
 
     @property
@@ -138,3 +162,7 @@ class LlavaVidConfig(PreTrainedConfig):
             newline=self.has_image_newline,
             max_tiles=self.anyres_max_tiles,
         )
+
+    @property
+    def has_video(self) -> bool:
+        return self.qformer_config is not None

@@ -262,3 +262,31 @@ def image_token_breakdown(geometry: VisionGeometry, plan: ImagePlan | None = Non
 def num_image_tokens(geometry: VisionGeometry, plan: ImagePlan | None = None) -> int:
     """Visual tokens one image becomes: THE count shared by processor, model, planner and tools."""
     return image_token_breakdown(geometry, plan).total
+
+
+# ------------------------------------------------------------------------------------------ video
+@dataclass(frozen=True)
+class VideoPlan:
+    """How one video is fed to the model: how many frames, and the content grid ``g`` of every frame.
+
+    Each frame becomes one context token (LLaMA-VID: instruction-guided attention over the frame)
+    followed by ``g × g`` content tokens (the frame's patches average-pooled to a ``g × g`` grid).
+    """
+
+    num_frames: int
+    content_grid: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1:
+            raise ValueError(f"a video needs at least one frame, got num_frames={self.num_frames}")
+        if self.content_grid < 1:
+            raise ValueError(f"content_grid={self.content_grid} must be >= 1")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return 1 + self.content_grid**2  # context token, then content tokens
+
+
+def num_video_tokens(plan: VideoPlan) -> int:
+    """Visual tokens one video becomes: ``frames × (1 + g²)``. One hour at 1 frame/s with g=1: 7200."""
+    return plan.num_frames * plan.tokens_per_frame

@@ -14,11 +14,15 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava_vid.config import LlavaVidConfig
-from llava_vid.geometry import ImagePlan, num_image_tokens
+from llava_vid.geometry import ImagePlan, VideoPlan, num_image_tokens, num_video_tokens
 from llava_vid.modeling.anyres import pack_images
+from llava_vid.modeling.compression import ContextCompressor, pool_content
 from llava_vid.modeling.merge import count_placeholders, merge_visual_features
 from llava_vid.modeling.projector import build_projector
 from llava_vid.modeling.vision import encode_images
+
+
+MEDIA_INPUTS = {"image": "pixel_values", "video": "pixel_values_videos"}  # where each kind's pixels arrive
 
 
 class LlavaVidPreTrainedModel(PreTrainedModel):
@@ -34,14 +38,14 @@ class LlavaVidPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _skip_keys_device_placement = ["past_key_values"]
     # Keep a transformer block on one device when sharding with device_map="auto".
-    _no_split_modules = ["CLIPEncoderLayer", "LlamaDecoderLayer"]
+    _no_split_modules = ["CLIPEncoderLayer", "LlamaDecoderLayer", "InstructBlipQFormerLayer"]
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, LlavaVidForConditionalGeneration) and module.image_newline is not None:
-            # LLaVA-NeXT's choice: a random direction at the scale of a unit-variance embedding.
-            width = module.image_newline.shape[0]
-            nn.init.normal_(module.image_newline, std=width**-0.5)
+            nn.init.normal_(module.image_newline, std=module.image_newline.shape[0] ** -0.5)
+        elif isinstance(module, ContextCompressor):
+            module.reset_parameters()  # its query tokens are a bare Parameter the generic init skips
 
 
 class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin):
@@ -56,15 +60,35 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
     def __init__(self, config: LlavaVidConfig) -> None:
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.init_multimodal_parts()
+        self.post_init()
+
+    def init_multimodal_parts(self) -> None:
+        """(Re)create the parts that exist only in this model, freshly initialised: the projector, the
+        video compressor (LLaMA-VID's context tokens: a Q-Former reads each frame, guided by the
+        instruction) and the AnyRes row newline. Used by ``__init__`` and when pretrained parts are
+        assembled around them."""
+        config = self.config
         self.projector = build_projector(
             config.projector_type, config.vision_config.hidden_size, config.text_config.hidden_size
         )
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        # Ends every AnyRes grid row (and a lone global view) so the LLM can see the 2-D layout.
-        self.image_newline = (
-            nn.Parameter(torch.empty(config.text_config.hidden_size)) if config.has_image_newline else None
+        self.video_compressor = (
+            ContextCompressor(
+                config.qformer_config,
+                vision_width=config.vision_config.hidden_size,
+                text_width=config.text_config.hidden_size,
+                num_queries=config.video_num_queries,
+            )
+            if config.has_video
+            else None
         )
-        self.post_init()
+        # Ends every AnyRes grid row (and a lone global view) so the LLM can see the 2-D layout.
+        self.image_newline = None
+        if config.has_image_newline:
+            self.image_newline = nn.Parameter(torch.empty(config.text_config.hidden_size))
+            # LLaVA-NeXT's choice: a random direction at the scale of a unit-variance embedding.
+            nn.init.normal_(self.image_newline, std=config.text_config.hidden_size**-0.5)
 
     # --- embeddings, delegated so resize_token_embeddings / tying / generate work unchanged ---
     def get_input_embeddings(self) -> nn.Module:
@@ -130,32 +154,81 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
         projected = self.projector(features.to(self._projector_dtype()))  # (V, P, D_text)
         return pack_images(projected, plans, self.config.vision_geometry(), self.image_newline)  # (T, D_text)
 
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.Tensor,
+        video_frames: torch.Tensor,
+        video_grids: torch.Tensor,
+        qformer_input_ids: torch.Tensor,
+        qformer_attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Visual tokens of a batch of videos: per frame one context token, then ``g²`` content tokens.
+
+        Args:
+            pixel_values_videos: ``(F, 3, S, S)``, every frame of every video, video after video.
+            video_frames, video_grids: ``(V,)`` frames and content grid ``g`` per video.
+            qformer_input_ids, qformer_attention_mask: ``(V, L)``, each video's instruction.
+
+        Returns:
+            ``(T, D_text)`` with ``T = sum(frames × (1 + g²))``. Frames go through the tower, the
+            pooling and the Q-Former ``vision_chunk_size`` at a time and only their few tokens are kept,
+            so memory does not grow with the patch features of an hour of video.
+        """
+        if self.video_compressor is None:
+            raise ValueError("this model has no video compressor (qformer_config is None); it cannot take videos")
+        chunk = self.config.vision_chunk_size
+        outputs = []
+        frames_per_video = video_frames.tolist()
+        for video, (frames, grid) in enumerate(zip(pixel_values_videos.split(frames_per_video), video_grids.tolist())):
+            for start in range(0, len(frames), chunk):
+                frame_chunk = frames[start : start + chunk]  # (n, 3, S, S)
+                features = encode_images(
+                    self.vision_tower,
+                    frame_chunk,
+                    feature_layer=self.config.vision_feature_layer,
+                    feature_select="patch",  # pooling needs the square patch grid, no CLS
+                    chunk_size=chunk,
+                )  # (n, P, D_vision)
+                instruction = qformer_input_ids[video].expand(len(frame_chunk), -1)  # (n, L)
+                mask = qformer_attention_mask[video].expand(len(frame_chunk), -1)  # (n, L)
+                context = self.video_compressor(features, instruction, mask, chunk_size=chunk)  # (n, 1, D_text)
+                content = self.projector(pool_content(features, grid).to(self._projector_dtype()))  # (n, g², D_text)
+                outputs.append(torch.cat([context.to(content.dtype), content], dim=1).flatten(0, 1))  # (n·(1+g²), D)
+        return torch.cat(outputs)  # (T, D_text)
+
     def _projector_dtype(self) -> torch.dtype:
         first_param = next(self.projector.parameters(), None)
         return first_param.dtype if first_param is not None else self.get_input_embeddings().weight.dtype
 
-    def _check_image_tokens(
-        self, input_ids: torch.Tensor, plans: list[ImagePlan], image_token_counts: torch.Tensor | None = None
-    ) -> None:
-        """Fail with both counts, before any vision work, when placeholders and images disagree."""
+    def _image_counts(self, plans: list[ImagePlan]) -> list[int]:
         geometry = self.config.vision_geometry()
-        counts = [num_image_tokens(geometry, plan) for plan in plans]
-        if image_token_counts is not None:
-            if len(image_token_counts) != len(counts):
-                raise ValueError(f"image_token_counts has {len(image_token_counts)} entries for {len(counts)} images")
-            for index, (theirs, ours) in enumerate(zip(image_token_counts.tolist(), counts)):
+        return [num_image_tokens(geometry, plan) for plan in plans]
+
+    @staticmethod
+    def video_plans(video_frames: torch.Tensor | None, video_grids: torch.Tensor | None) -> list[VideoPlan]:
+        if video_frames is None or video_grids is None or len(video_frames) != len(video_grids):
+            raise ValueError("pixel_values_videos need video_frames and video_grids with one entry per video")
+        return [VideoPlan(frames, grid) for frames, grid in zip(video_frames.tolist(), video_grids.tolist())]
+
+    @staticmethod
+    def _check_tokens(
+        kind: str, input_ids: torch.Tensor, placeholder_id: int, counts: list[int], processor_counts: torch.Tensor | None
+    ) -> None:
+        """Fail with both numbers, before any vision work, when placeholders and media disagree."""
+        if processor_counts is not None:
+            if len(processor_counts) != len(counts):
+                raise ValueError(f"{kind}_token_counts has {len(processor_counts)} entries for {len(counts)} {kind}s")
+            for index, (theirs, ours) in enumerate(zip(processor_counts.tolist(), counts)):
                 if theirs != ours:
                     raise ValueError(
-                        f"image {index}: the processor expanded it to {theirs} tokens but the model's "
+                        f"{kind} {index}: the processor expanded it to {theirs} tokens but the model's "
                         f"config gives {ours}; were they saved from different configs?"
                     )
-        placeholder_id = self.config.image_token_id
         num_placeholders = count_placeholders(input_ids, placeholder_id)
-        expected = sum(counts)
-        if num_placeholders != expected:
+        if num_placeholders != sum(counts):
             raise ValueError(
-                f"input_ids hold {num_placeholders} image tokens (id {placeholder_id}) but the "
-                f"{len(plans)} images in pixel_values need {expected}"
+                f"input_ids hold {num_placeholders} {kind} tokens (id {placeholder_id}) but the "
+                f"{len(counts)} {kind}s in {MEDIA_INPUTS[kind]} need {sum(counts)}"
             )
 
     def forward(
@@ -170,6 +243,12 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
         image_sizes: torch.Tensor | None = None,
         image_grids: torch.Tensor | None = None,
         image_token_counts: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_frames: torch.Tensor | None = None,
+        video_grids: torch.Tensor | None = None,
+        video_token_counts: torch.Tensor | None = None,
+        qformer_input_ids: torch.Tensor | None = None,
+        qformer_attention_mask: torch.Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
@@ -183,22 +262,34 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
             image_sizes, image_grids: ``(N, 2)`` per image, from the processor (AnyRes); absent for
                 LLaVA-1.5 inputs, where every image is one view.
             image_token_counts: ``(N,)`` the processor's token count per image; checked when given.
+            pixel_values_videos: ``(F, 3, S, S)`` every frame of the batch's videos, in placeholder order,
+                with ``video_frames``/``video_grids``/``video_token_counts`` ``(V,)`` and the videos'
+                instructions ``qformer_input_ids``/``qformer_attention_mask`` ``(V, L)``.
             labels: ``(B, L)``, -100 where no loss is taken; shifted inside the language model.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, D)
-            if pixel_values is not None:
-                num_images = pixel_values.shape[0] if image_grids is None else len(image_grids)
+            prefill = self._is_prefill(past_key_values)
+            if pixel_values is not None or prefill:
+                num_images = 0 if pixel_values is None else (pixel_values.shape[0] if image_grids is None else len(image_grids))
                 plans = self.image_plans(num_images, image_sizes, image_grids)
-                self._check_image_tokens(input_ids, plans, image_token_counts)
+                self._check_tokens("image", input_ids, self.config.image_token_id, self._image_counts(plans), image_token_counts)
+            if pixel_values is not None:
                 features = self.get_image_features(pixel_values, image_sizes, image_grids)  # (T, D)
                 inputs_embeds = merge_visual_features(inputs_embeds, input_ids, self.config.image_token_id, features)
-            elif self._is_prefill(past_key_values):
-                self._check_image_tokens(input_ids, [])
-        elif pixel_values is not None:
-            raise ValueError("pixel_values need input_ids to locate the image tokens; got inputs_embeds instead")
+            if (pixel_values_videos is not None or prefill) and self.config.video_token_id is not None:
+                video_plans = self.video_plans(video_frames, video_grids) if pixel_values_videos is not None else []
+                counts = [num_video_tokens(plan) for plan in video_plans]
+                self._check_tokens("video", input_ids, self.config.video_token_id, counts, video_token_counts)
+            if pixel_values_videos is not None:
+                features = self.get_video_features(
+                    pixel_values_videos, video_frames, video_grids, qformer_input_ids, qformer_attention_mask
+                )  # (T, D)
+                inputs_embeds = merge_visual_features(inputs_embeds, input_ids, self.config.video_token_id, features)
+        elif pixel_values is not None or pixel_values_videos is not None:
+            raise ValueError("pixel values need input_ids to locate the media tokens; got inputs_embeds instead")
 
         return self.language_model(
             attention_mask=attention_mask,

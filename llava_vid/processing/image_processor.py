@@ -255,17 +255,38 @@ class LlavaVidImageProcessor(BaseImageProcessor):
         jobs += [partial(tiles, index) for index, plan in enumerate(plans) if plan.num_tiles]
         run_jobs(jobs)
 
-        # Rescale + normalise every view of the call in one pass, as (x - 255·mean) / (255·std) in float32.
-        # numpy rather than torch here: the arrays are a few MB, one thread does them in ~1 ms, and torch's
-        # intra-op threads measurably cost more than that to wake right after the resize threads.
-        pixel_values = np.ascontiguousarray(views.transpose(0, 3, 1, 2)).astype(np.float32)  # (V, 3, S, S)
-        pixel_values -= np.asarray(self.image_mean, dtype=np.float32).reshape(1, 3, 1, 1) * np.float32(255)
-        pixel_values /= np.asarray(self.image_std, dtype=np.float32).reshape(1, 3, 1, 1) * np.float32(255)
         data = {
-            "pixel_values": torch.from_numpy(pixel_values),
+            "pixel_values": self.normalize_views(views),
             "image_sizes": torch.tensor([plan.original_size for plan in plans], dtype=torch.long).view(-1, 2),
             "image_grids": torch.tensor([plan.grid for plan in plans], dtype=torch.long).view(-1, 2),
         }
         return BatchFeature(data, tensor_type=return_tensors)
 
     preprocess = __call__
+
+    def normalize_views(self, views: np.ndarray) -> torch.Tensor:
+        """uint8 ``(V, S, S, 3)`` views → float32 ``(V, 3, S, S)`` pixel values, all in one pass.
+
+        ``(x - 255·mean) / (255·std)`` in float32. numpy rather than torch here: the arrays are a few MB,
+        one thread does them in ~1 ms, and torch's intra-op threads measurably cost more than that to wake
+        right after the resize threads.
+        """
+        pixel_values = np.ascontiguousarray(views.transpose(0, 3, 1, 2)).astype(np.float32)  # (V, 3, S, S)
+        pixel_values -= np.asarray(self.image_mean, dtype=np.float32).reshape(1, 3, 1, 1) * np.float32(255)
+        pixel_values /= np.asarray(self.image_std, dtype=np.float32).reshape(1, 3, 1, 1) * np.float32(255)
+        return torch.from_numpy(pixel_values)
+
+    def frame_views(self, frames: np.ndarray) -> np.ndarray:
+        """Video frames uint8 ``(n, H, W, 3)`` → their global views uint8 ``(n, S, S, 3)``.
+
+        Used as the decoder's per-chunk ``frame_transform``, so only ``S × S`` frames are kept in memory
+        however long the video is. A frame is shown exactly as a global-view image would be.
+        """
+        side = self.image_size
+        views = np.empty((len(frames), side, side, 3), dtype=np.uint8)  # (n, S, S, 3)
+
+        def view(index: int) -> None:
+            views[index] = np.asarray(self.fit(Image.fromarray(frames[index])))
+
+        run_jobs([partial(view, index) for index in range(len(frames))])
+        return views

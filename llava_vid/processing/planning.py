@@ -1,4 +1,4 @@
-"""Choosing how each image of a request is shown to the model, under an optional token budget.
+"""Choosing how each image and video of a request is shown to the model, under an optional token budget.
 
 Defaults (LLaVA-NeXT / LLaVA-OneVision): under an AnyRes model a lone image is tiled, several images
 in one prompt get their global view only. A ``max_visual_tokens`` budget lowers the tiling (fewer
@@ -11,7 +11,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from llava_vid.geometry import ImagePlan, VisionGeometry, num_image_tokens
+from llava_vid.geometry import ImagePlan, VideoPlan, VisionGeometry, num_image_tokens
 from llava_vid.modes import ImageTreatment, check_choice
 from llava_vid.processing.image_processor import LlavaVidImageProcessor
 
@@ -59,3 +59,37 @@ def plan_request(
 
 def request_tokens(plans: Sequence[ImagePlan], geometry: VisionGeometry) -> int:
     return sum(num_image_tokens(geometry, plan) for plan in plans)
+
+
+def plan_video(
+    num_frames: int, *, content_grid: int | None, default_grid: int, max_grid: int, budget: int | None
+) -> VideoPlan:
+    """The plan of one video: its content grid ``g`` and how many of its sampled frames are kept.
+
+    * an explicit ``content_grid`` is kept; without one, a ``budget`` picks the largest ``g`` (up to
+      ``max_grid``, the tower's patches per side) for which every frame fits, else ``default_grid``;
+    * if even ``g = 1`` does not fit, frames are dropped (evenly) until the video fits — the fewest
+      dropped — but never below one token's worth per sampled frame: a budget smaller than the number of
+      sampled frames is an error naming both, as is ``content_grid > max_grid``.
+    """
+    if content_grid is not None and not 1 <= content_grid <= max_grid:
+        raise ValueError(f"content_grid={content_grid} must be between 1 and {max_grid} (the patches per side)")
+    if budget is None:
+        return VideoPlan(num_frames, content_grid or default_grid)
+    if budget < num_frames:
+        raise ValueError(
+            f"max_visual_tokens={budget} cannot give even one token to each of the {num_frames} sampled frames "
+            "(a frame needs a context and a content token); sample fewer frames (fps, num_frames, max_frames) "
+            "or raise the budget"
+        )
+    grids = [content_grid] if content_grid is not None else range(max_grid, 0, -1)
+    for grid in grids:
+        if num_frames * (1 + grid * grid) <= budget:
+            return VideoPlan(num_frames, grid)
+    grid = content_grid or 1
+    kept = budget // (1 + grid * grid)
+    if kept < 1:
+        raise ValueError(
+            f"max_visual_tokens={budget} is smaller than one frame at content_grid={grid} ({1 + grid * grid} tokens)"
+        )
+    return VideoPlan(kept, grid)

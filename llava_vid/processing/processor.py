@@ -16,13 +16,16 @@ import torch
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
-from llava_vid.geometry import VisionGeometry, num_image_tokens, uses_newline
+import numpy as np
+
+from llava_vid.geometry import VideoPlan, VisionGeometry, num_image_tokens, num_video_tokens, uses_newline
 from llava_vid.modes import ImageTreatment, MergeMode, VisionFeatureSelect
 from llava_vid.processing.image_processor import LlavaVidImageProcessor
 from llava_vid.processing.media import load_image
-from llava_vid.processing.planning import plan_request
-from llava_vid.processing.templates import RenderedPrompt, TemplateName, check_template_name, render
-from llava_vid.tokenizer import IMAGE_TOKEN
+from llava_vid.processing.planning import plan_request, plan_video, request_tokens
+from llava_vid.processing.templates import RenderedPrompt, TemplateName, VideoPart, check_template_name, render
+from llava_vid.processing.video import FrameSampling, VideoClip, load_video, sample_frame_indices
+from llava_vid.tokenizer import IMAGE_TOKEN, VIDEO_TOKEN
 
 IGNORE_INDEX = -100  # label value the loss skips (transformers' convention)
 
@@ -38,25 +41,37 @@ class LlavaVidProcessor(ProcessorMixin):
         patch_size: the vision tower's patch size (from the model config).
         vision_feature_select: ``patch`` or ``full``, as in the model config.
         image_merge, anyres_max_tiles: AnyRes packing, as in the model config.
+        qformer_tokenizer: tokenizes each video's instruction for the Q-Former of the context
+            tokens (may be the same tokenizer as ``tokenizer``).
         template: default conversation template for :meth:`apply_chat_template`.
         max_images: refuse requests with more images than this (``None``: no limit).
+        video_content_grid: default content grid ``g`` of video frames (``1 + g²`` tokens a frame).
+        qformer_max_length: the Q-Former's positions; a longer instruction is cut there for the
+            context tokens only (the language model still reads all of it).
 
     Per-request options of :meth:`__call__` and :meth:`apply_chat_template`:
-        image_treatment: ``auto`` (AnyRes for a lone image, global views for several), ``anyres``
-            or ``global``.
-        max_visual_tokens: lower the tiling until each request's images fit this many tokens.
+        image_treatment: ``auto`` (AnyRes for a lone image, global views when a request holds several
+            images or any video), ``anyres`` or ``global``.
+        max_visual_tokens: lower the tiling until each request's images fit this many tokens; what the
+            images leave goes to the videos (shared by frame count), whose content grid is then the
+            largest that fits, dropping frames only when even ``g = 1`` does not.
+    Per-video options come with the chat part: ``{"type": "video", "path": …, "fps" | "num_frames",
+    "max_frames", "content_grid"}``.
     """
 
     def __init__(
         self,
         image_processor: LlavaVidImageProcessor | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
+        qformer_tokenizer: PreTrainedTokenizerBase | None = None,
         patch_size: int = 14,
         vision_feature_select: VisionFeatureSelect = "patch",
         image_merge: MergeMode = "spatial_unpad",
         anyres_max_tiles: int | None = None,
         template: TemplateName = "vicuna_v1",
         max_images: int | None = None,
+        video_content_grid: int = 1,
+        qformer_max_length: int = 512,
         **kwargs,
     ) -> None:
         self.patch_size = patch_size
@@ -65,8 +80,11 @@ class LlavaVidProcessor(ProcessorMixin):
         self.anyres_max_tiles = anyres_max_tiles
         self.template = check_template_name(template)
         self.max_images = max_images
-        super().__init__(image_processor, tokenizer, **kwargs)
+        self.video_content_grid = video_content_grid
+        self.qformer_max_length = qformer_max_length
+        super().__init__(image_processor, tokenizer, qformer_tokenizer or tokenizer, **kwargs)
         self.image_token_id = self._require_token_id(IMAGE_TOKEN)
+        self.video_token_id = self._require_token_id(VIDEO_TOKEN)
         self.geometry = VisionGeometry(
             image_size=image_processor.image_size,
             patch_size=patch_size,
@@ -194,39 +212,104 @@ class LlavaVidProcessor(ProcessorMixin):
         image_treatment: ImageTreatment,
         max_visual_tokens: int | None,
     ) -> BatchFeature:
-        images, plans, rows = [], [], []
+        images, image_plans, clips, video_plans, instructions, rows = [], [], [], [], [], []
         for index, prompt in enumerate(prompts):
-            placeholders = prompt.text.count(IMAGE_TOKEN)
-            if placeholders != len(prompt.images):
-                raise ValueError(
-                    f"prompt {index} holds {placeholders} {IMAGE_TOKEN} placeholders but {len(prompt.images)} images"
-                )
+            for kind, placeholder, items in (("images", IMAGE_TOKEN, prompt.images), ("videos", VIDEO_TOKEN, prompt.videos)):
+                if prompt.text.count(placeholder) != len(items):
+                    raise ValueError(
+                        f"prompt {index} holds {prompt.text.count(placeholder)} {placeholder} placeholders "
+                        f"but {len(items)} {kind}"
+                    )
             loaded = [load_image(source) for source in prompt.images]
-            prompt_plans = plan_request(
+            treatment = "global" if image_treatment == "auto" and prompt.videos else image_treatment
+            prompt_image_plans = plan_request(
                 loaded,
                 self.image_processor,
                 self.geometry,
-                treatment=image_treatment,
+                treatment=treatment,
                 max_visual_tokens=max_visual_tokens,
                 max_images=self.max_images,
             )
-            counts = [num_image_tokens(self.geometry, plan) for plan in prompt_plans]
-            rows.append(self._tokenize(prompt, counts, with_labels))
+            video_budget = None if max_visual_tokens is None else max_visual_tokens - request_tokens(prompt_image_plans, self.geometry)
+            prompt_clips, prompt_video_plans = self._prepare_videos(prompt.videos, video_budget)
+            rows.append(
+                self._tokenize(
+                    prompt,
+                    [num_image_tokens(self.geometry, plan) for plan in prompt_image_plans],
+                    [num_video_tokens(plan) for plan in prompt_video_plans],
+                    with_labels,
+                )
+            )
             images += loaded
-            plans += prompt_plans
+            image_plans += prompt_image_plans
+            clips += prompt_clips
+            video_plans += prompt_video_plans
+            instructions += [part.instruction for part in prompt.videos]
 
         data: dict[str, Any] = self._pad([ids for ids, _ in rows], [labels for _, labels in rows], with_labels)
         if images:
-            data.update(self.image_processor(images, plans, return_tensors="pt"))
-            data["image_token_counts"] = torch.tensor([num_image_tokens(self.geometry, plan) for plan in plans])
+            data.update(self.image_processor(images, image_plans, return_tensors="pt"))
+            data["image_token_counts"] = torch.tensor([num_image_tokens(self.geometry, plan) for plan in image_plans])
+        if clips:
+            data.update(self._video_inputs(clips, video_plans, instructions))
         return BatchFeature(data, tensor_type=return_tensors)
 
+    def _prepare_videos(self, parts: list[VideoPart], budget: int | None) -> tuple[list[np.ndarray], list[VideoPlan]]:
+        """Decode a request's videos (frames straight to tower-sized views) and plan them under ``budget``."""
+        clips: list[VideoClip] = []
+        for part in parts:
+            sampling = FrameSampling(**{k: v for k, v in part.options.items() if k != "content_grid"})
+            clips.append(load_video(part.source, sampling, frame_transform=self.image_processor.frame_views))
+        total_frames = sum(len(clip.frames) for clip in clips)
+        if budget is not None and clips and budget < total_frames:
+            raise ValueError(
+                f"max_visual_tokens leaves {budget} tokens for the videos after the images, fewer than their "
+                f"{total_frames} sampled frames; sample fewer frames or raise the budget"
+            )
+        frames, plans = [], []
+        for part, clip in zip(parts, clips):
+            share = None if budget is None else budget * len(clip.frames) // total_frames
+            plan = plan_video(
+                len(clip.frames),
+                content_grid=part.options.get("content_grid"),
+                default_grid=self.video_content_grid,
+                max_grid=self.geometry.patches_per_side,
+                budget=share,
+            )
+            views = clip.frames  # (T, S, S, 3) uint8
+            if plan.num_frames < len(views):  # the budget dropped frames: keep an even spread
+                views = views[sample_frame_indices(len(views), 1.0, FrameSampling(num_frames=plan.num_frames))]
+            frames.append(views)
+            plans.append(plan)
+        return frames, plans
+
+    def _video_inputs(self, frames: list[np.ndarray], plans: list[VideoPlan], instructions: list[str]) -> dict[str, Any]:
+        """Model inputs of the batch's videos: all frames in one tensor, plus per-video metadata."""
+        # Right padding: the Q-Former has absolute positions, so its text must start at position 0.
+        encoded = self.qformer_tokenizer(
+            instructions,
+            padding=True,
+            padding_side="right",
+            truncation=True,
+            max_length=self.qformer_max_length,
+            return_tensors="pt",
+        )
+        return {
+            "pixel_values_videos": self.image_processor.normalize_views(np.concatenate(frames)),  # (F, 3, S, S)
+            "video_frames": torch.tensor([plan.num_frames for plan in plans]),
+            "video_grids": torch.tensor([plan.content_grid for plan in plans]),
+            "video_token_counts": torch.tensor([num_video_tokens(plan) for plan in plans]),
+            "qformer_input_ids": encoded["input_ids"],
+            "qformer_attention_mask": encoded["attention_mask"],
+        }
+
     def _tokenize(
-        self, prompt: RenderedPrompt, image_token_counts: list[int], with_labels: bool
+        self, prompt: RenderedPrompt, image_token_counts: list[int], video_token_counts: list[int], with_labels: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One prompt → expanded ``input_ids`` and (optionally) labels, both ``(L,)``.
 
-        The k-th ``<image>`` becomes ``image_token_counts[k]`` copies of its id.
+        The k-th ``<image>`` becomes ``image_token_counts[k]`` copies of its id, the k-th ``<video>``
+        ``video_token_counts[k]`` copies of its id.
         """
         encoding = self.tokenizer(prompt.text, return_offsets_mapping=with_labels, truncation=False)
         ids = torch.tensor(encoding["input_ids"], dtype=torch.long)  # (L_text,)
@@ -246,9 +329,10 @@ class LlavaVidProcessor(ProcessorMixin):
             labels = torch.where(trained, ids, IGNORE_INDEX)
             if not trained.any():
                 raise ValueError("no token of the assistant turns survived tokenisation; refusing an all-masked sample")
-        # Each placeholder becomes its image's token count; everything else stays single.
+        # Each placeholder becomes its item's token count; everything else stays single.
         repeats = torch.ones_like(ids)
         repeats[ids == self.image_token_id] = torch.tensor(image_token_counts, dtype=ids.dtype)
+        repeats[ids == self.video_token_id] = torch.tensor(video_token_counts, dtype=ids.dtype)
         ids = ids.repeat_interleave(repeats)
         if labels is not None:
             labels = labels.repeat_interleave(repeats)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from llava_vid.tokenizer import IMAGE_TOKEN
+from llava_vid.tokenizer import IMAGE_TOKEN, VIDEO_TOKEN
 
 TemplateName = Literal["plain", "vicuna_v1"]
 TEMPLATE_NAMES: tuple[str, ...] = get_args(TemplateName)
@@ -26,9 +26,22 @@ VICUNA_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
-MEDIA_PART_TYPES = ("image",)
-# Keys a media part may carry its source under (transformers' chat format uses all three).
-MEDIA_SOURCE_KEYS = ("image", "path", "url")
+MEDIA_PART_TYPES = ("image", "video")
+# Keys a media part may carry its source under (transformers' chat format uses these).
+MEDIA_SOURCE_KEYS = ("image", "video", "path", "url")
+PLACEHOLDERS = {"image": IMAGE_TOKEN, "video": VIDEO_TOKEN}
+# Per-video options a chat part may carry (see llava_vid.processing.video.FrameSampling).
+VIDEO_OPTION_KEYS = ("num_frames", "fps", "max_frames", "content_grid")
+
+
+@dataclass
+class VideoPart:
+    """A video of the conversation: its source, its per-request options, and the instruction that
+    guides its context tokens (the text of the user message that holds it)."""
+
+    source: Any
+    options: dict[str, Any]
+    instruction: str
 
 
 @dataclass
@@ -36,14 +49,16 @@ class RenderedPrompt:
     """One conversation, rendered.
 
     Attributes:
-        text: the prompt; holds one ``<image>`` per image, in order.
+        text: the prompt; holds one ``<image>`` per image and one ``<video>`` per video, in order.
         target_spans: ``[start, end)`` character ranges of ``text`` that are trained on.
         images: the image sources (paths, bytes, PIL images) in placeholder order.
+        videos: the videos in placeholder order.
     """
 
     text: str = ""
     target_spans: list[tuple[int, int]] = field(default_factory=list)
     images: list[Any] = field(default_factory=list)
+    videos: list[VideoPart] = field(default_factory=list)
 
     def add(self, text: str, *, target: bool = False) -> None:
         if target:
@@ -65,7 +80,9 @@ def _content_parts(message: dict, index: int) -> list[dict]:
         raise ValueError(f"message {index}: 'content' must be a string or a list of parts, got {type(content).__name__}")
     for part in content:
         if not isinstance(part, dict) or part.get("type") not in ("text", *MEDIA_PART_TYPES):
-            raise ValueError(f"message {index}: unsupported content part {part!r}; expected type 'text' or 'image'")
+            raise ValueError(
+                f"message {index}: unsupported content part {part!r}; expected type 'text', 'image' or 'video'"
+            )
     return content
 
 
@@ -73,7 +90,7 @@ def _media_source(part: dict, index: int) -> Any:
     for key in MEDIA_SOURCE_KEYS:
         if part.get(key) is not None:
             return part[key]
-    raise ValueError(f"message {index}: image part has none of the keys {list(MEDIA_SOURCE_KEYS)}: {part!r}")
+    raise ValueError(f"message {index}: {part['type']} part has none of the keys {list(MEDIA_SOURCE_KEYS)}: {part!r}")
 
 
 def _system_text(message: dict) -> str:
@@ -144,11 +161,17 @@ def render(
 def _render_user(prompt: RenderedPrompt, parts: list[dict], template: TemplateName, index: int) -> None:
     if template == "vicuna_v1":
         prompt.add("USER: ")
+    instruction = "".join(part["text"] for part in parts if part["type"] == "text")
     for part in parts:
-        if part["type"] == "image":
-            prompt.images.append(_media_source(part, index))
-            # LLaVA-1.5 puts a newline between the image and the question; plain glues the caption on.
-            prompt.add(IMAGE_TOKEN + ("\n" if template == "vicuna_v1" else ""))
+        if part["type"] in MEDIA_PART_TYPES:
+            source = _media_source(part, index)
+            if part["type"] == "image":
+                prompt.images.append(source)
+            else:
+                options = {key: part[key] for key in VIDEO_OPTION_KEYS if part.get(key) is not None}
+                prompt.videos.append(VideoPart(source, options, instruction))
+            # LLaVA-1.5 puts a newline between the media and the question; plain glues the caption on.
+            prompt.add(PLACEHOLDERS[part["type"]] + ("\n" if template == "vicuna_v1" else ""))
         elif template == "vicuna_v1":
             prompt.add(part["text"])
     if template == "vicuna_v1":
