@@ -55,6 +55,8 @@ class LlavaVidProcessor(ProcessorMixin):
         max_visual_tokens: lower the tiling until each request's images fit this many tokens; what the
             images leave goes to the videos (shared by frame count), whose content grid is then the
             largest that fits, dropping frames only when even ``g = 1`` does not.
+        video_timestamps: write each frame's time (``"12.0s"``) as text before its tokens (off by
+            default; the timestamps are ordinary text tokens and do not count as visual tokens).
     Per-video options come with the chat part: ``{"type": "video", "path": …, "fps" | "num_frames",
     "max_frames", "content_grid"}``.
     """
@@ -147,6 +149,7 @@ class LlavaVidProcessor(ProcessorMixin):
         add_generation_prompt: bool = False,
         image_treatment: ImageTreatment = "auto",
         max_visual_tokens: int | None = None,
+        video_timestamps: bool = False,
         tokenize: bool = False,
         return_dict: bool = False,
         return_tensors: str | None = "pt",
@@ -179,6 +182,7 @@ class LlavaVidProcessor(ProcessorMixin):
             return_tensors=return_tensors,
             image_treatment=image_treatment,
             max_visual_tokens=max_visual_tokens,
+            video_timestamps=video_timestamps,
         )
         return encoded if return_dict else encoded["input_ids"]
 
@@ -211,6 +215,7 @@ class LlavaVidProcessor(ProcessorMixin):
         return_tensors: str | None,
         image_treatment: ImageTreatment,
         max_visual_tokens: int | None,
+        video_timestamps: bool = False,
     ) -> BatchFeature:
         images, image_plans, clips, video_plans, instructions, rows = [], [], [], [], [], []
         for index, prompt in enumerate(prompts):
@@ -231,12 +236,16 @@ class LlavaVidProcessor(ProcessorMixin):
                 max_images=self.max_images,
             )
             video_budget = None if max_visual_tokens is None else max_visual_tokens - request_tokens(prompt_image_plans, self.geometry)
-            prompt_clips, prompt_video_plans = self._prepare_videos(prompt.videos, video_budget)
+            prompt_clips, prompt_times, prompt_video_plans = self._prepare_videos(prompt.videos, video_budget)
+            video_blocks = [
+                self._video_block(plan, times if video_timestamps else None)
+                for plan, times in zip(prompt_video_plans, prompt_times)
+            ]
             rows.append(
                 self._tokenize(
                     prompt,
                     [num_image_tokens(self.geometry, plan) for plan in prompt_image_plans],
-                    [num_video_tokens(plan) for plan in prompt_video_plans],
+                    video_blocks,
                     with_labels,
                 )
             )
@@ -254,8 +263,13 @@ class LlavaVidProcessor(ProcessorMixin):
             data.update(self._video_inputs(clips, video_plans, instructions))
         return BatchFeature(data, tensor_type=return_tensors)
 
-    def _prepare_videos(self, parts: list[VideoPart], budget: int | None) -> tuple[list[np.ndarray], list[VideoPlan]]:
-        """Decode a request's videos (frames straight to tower-sized views) and plan them under ``budget``."""
+    def _prepare_videos(
+        self, parts: list[VideoPart], budget: int | None
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[VideoPlan]]:
+        """Decode a request's videos (frames straight to tower-sized views) and plan them under ``budget``.
+
+        Returns per video: the kept frames ``(T, S, S, 3)`` uint8, their timestamps ``(T,)`` and the plan.
+        """
         clips: list[VideoClip] = []
         for part in parts:
             sampling = FrameSampling(**{k: v for k, v in part.options.items() if k != "content_grid"})
@@ -266,7 +280,7 @@ class LlavaVidProcessor(ProcessorMixin):
                 f"max_visual_tokens leaves {budget} tokens for the videos after the images, fewer than their "
                 f"{total_frames} sampled frames; sample fewer frames or raise the budget"
             )
-        frames, plans = [], []
+        frames, times, plans = [], [], []
         for part, clip in zip(parts, clips):
             share = None if budget is None else budget * len(clip.frames) // total_frames
             plan = plan_video(
@@ -276,12 +290,22 @@ class LlavaVidProcessor(ProcessorMixin):
                 max_grid=self.geometry.patches_per_side,
                 budget=share,
             )
-            views = clip.frames  # (T, S, S, 3) uint8
-            if plan.num_frames < len(views):  # the budget dropped frames: keep an even spread
-                views = views[sample_frame_indices(len(views), 1.0, FrameSampling(num_frames=plan.num_frames))]
-            frames.append(views)
+            kept = np.arange(len(clip.frames))
+            if plan.num_frames < len(kept):  # the budget dropped frames: keep an even spread
+                kept = sample_frame_indices(len(kept), 1.0, FrameSampling(num_frames=plan.num_frames))
+            frames.append(clip.frames[kept])  # (T, S, S, 3) uint8
+            times.append(clip.timestamps[kept])
             plans.append(plan)
-        return frames, plans
+        return frames, times, plans
+
+    def _video_block(self, plan: VideoPlan, timestamps: np.ndarray | None) -> torch.Tensor:
+        """The ids that replace one ``<video>``: per frame ``1 + g²`` video ids, each frame preceded by
+        its time as text when ``timestamps`` are given."""
+        frame_ids = [self.video_token_id] * plan.tokens_per_frame
+        if timestamps is None:
+            return torch.tensor(frame_ids * plan.num_frames, dtype=torch.long)
+        stamps = self.tokenizer([f"{t:.1f}s" for t in timestamps], add_special_tokens=False)["input_ids"]
+        return torch.tensor([i for stamp in stamps for i in (*stamp, *frame_ids)], dtype=torch.long)
 
     def _video_inputs(self, frames: list[np.ndarray], plans: list[VideoPlan], instructions: list[str]) -> dict[str, Any]:
         """Model inputs of the batch's videos: all frames in one tensor, plus per-video metadata."""
@@ -304,12 +328,16 @@ class LlavaVidProcessor(ProcessorMixin):
         }
 
     def _tokenize(
-        self, prompt: RenderedPrompt, image_token_counts: list[int], video_token_counts: list[int], with_labels: bool
+        self,
+        prompt: RenderedPrompt,
+        image_token_counts: list[int],
+        video_blocks: list[torch.Tensor],
+        with_labels: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One prompt → expanded ``input_ids`` and (optionally) labels, both ``(L,)``.
 
-        The k-th ``<image>`` becomes ``image_token_counts[k]`` copies of its id, the k-th ``<video>``
-        ``video_token_counts[k]`` copies of its id.
+        The k-th ``<image>`` becomes ``image_token_counts[k]`` copies of its id, the k-th ``<video>`` the
+        ids of ``video_blocks[k]``; none of them is ever trained on.
         """
         encoding = self.tokenizer(prompt.text, return_offsets_mapping=with_labels, truncation=False)
         ids = torch.tensor(encoding["input_ids"], dtype=torch.long)  # (L_text,)
@@ -329,15 +357,33 @@ class LlavaVidProcessor(ProcessorMixin):
             labels = torch.where(trained, ids, IGNORE_INDEX)
             if not trained.any():
                 raise ValueError("no token of the assistant turns survived tokenisation; refusing an all-masked sample")
-        # Each placeholder becomes its item's token count; everything else stays single.
+        # Each image placeholder becomes its image's token count; everything else stays single.
         repeats = torch.ones_like(ids)
         repeats[ids == self.image_token_id] = torch.tensor(image_token_counts, dtype=ids.dtype)
-        repeats[ids == self.video_token_id] = torch.tensor(video_token_counts, dtype=ids.dtype)
         ids = ids.repeat_interleave(repeats)
         if labels is not None:
             labels = labels.repeat_interleave(repeats)
+        ids, labels = self._splice_videos(ids, labels, video_blocks)
         self._check_length(len(ids))
         return ids, labels
+
+    def _splice_videos(
+        self, ids: torch.Tensor, labels: torch.Tensor | None, blocks: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Replace the k-th ``<video>`` id by ``blocks[k]`` (a loop over videos, not tokens)."""
+        if not blocks:
+            return ids, labels
+        positions = (ids == self.video_token_id).nonzero().flatten().tolist()
+        id_pieces, label_pieces, start = [], [], 0
+        for position, block in zip(positions, blocks, strict=True):
+            id_pieces += [ids[start:position], block]
+            if labels is not None:
+                label_pieces += [labels[start:position], torch.full_like(block, IGNORE_INDEX)]
+            start = position + 1
+        id_pieces.append(ids[start:])
+        if labels is not None:
+            label_pieces.append(labels[start:])
+        return torch.cat(id_pieces), (torch.cat(label_pieces) if labels is not None else None)
 
     def _check_length(self, length: int) -> None:
         limit = self.tokenizer.model_max_length
