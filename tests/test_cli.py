@@ -51,17 +51,17 @@ def test_generate_names_a_missing_image(model_dir: Path, capsys: pytest.CaptureF
 
 
 def test_generate_refuses_a_prompt_the_model_cannot_hold(model_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main(["generate", "--model", str(model_dir), "--image", IMAGE, "--max-new-tokens", "5000", "Hi"])
+    code = main(["generate", "--model", str(model_dir), "--image", IMAGE, "--max-new-tokens", "9000", "Hi"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "2048" in err and "max_position_embeddings" in err
+    assert "8192" in err and "max_position_embeddings" in err
 
 
 def test_generate_refuses_an_overlong_prompt(model_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    question = "describe " * 3000  # far past the tokenizer's 2048-token maximum
+    question = "describe " * 10000  # far past the tokenizer's 8192-token maximum
     assert main(["generate", "--model", str(model_dir), "--image", IMAGE, question]) == 2
     err = capsys.readouterr().err
-    assert "2048" in err and "not truncated" in err
+    assert "8192" in err and "not truncated" in err
 
 
 def test_generate_takes_several_images_and_a_token_budget(model_dir: Path, capsys: pytest.CaptureFixture) -> None:

@@ -196,7 +196,7 @@ def test_prompt_longer_than_max_length_after_expansion_names_both_numbers(tiny_p
     processor.tokenizer.model_max_length = expanded_length
     assert processor(text=text, images=[solid_image()])["input_ids"].shape == (1, expanded_length)
     # The session processor is untouched.
-    assert tiny_processor.tokenizer.model_max_length == 2048
+    assert tiny_processor.tokenizer.model_max_length == 8192
 
 
 # --------------------------------------------------------------------------- image modes
