@@ -277,8 +277,8 @@ class LlavaVidProcessor(ProcessorMixin):
         total_frames = sum(len(clip.frames) for clip in clips)
         if budget is not None and clips and budget < total_frames:
             raise ValueError(
-                f"max_visual_tokens leaves {budget} tokens for the videos after the images, fewer than their "
-                f"{total_frames} sampled frames; sample fewer frames or raise the budget"
+                f"the videos get {budget} tokens of max_visual_tokens (what the images leave), fewer than their "
+                f"{total_frames} sampled frames: not even one token per frame; sample fewer frames or raise the budget"
             )
         frames, times, plans = [], [], []
         for part, clip in zip(parts, clips):
