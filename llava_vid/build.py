@@ -227,3 +227,21 @@ def _assemble_pretrained(spec: ModelSpec, config: LlavaVidConfig) -> LlavaVidFor
     model.config.text_config = model.language_model.config
     model.init_multimodal_parts()  # projector, compressor, newline: real tensors, fresh
     return model
+
+
+TINY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "model" / "tiny.yaml"
+
+
+def load_processor(config: str | Path | None = None, model_dir: str | Path | None = None) -> LlavaVidProcessor:
+    """The processor of a model preset YAML or of a saved model folder (default: the tiny preset).
+
+    From a preset only the tokenizer and configs are built (no weights), which is what tools that
+    only need geometry and preprocessing (``llava-vid inspect``) want.
+    """
+    if config is not None and model_dir is not None:
+        raise ValueError("give a model preset (--config) or a model folder (--model), not both")
+    if model_dir is not None:
+        return LlavaVidProcessor.from_pretrained(str(model_dir))
+    spec = load_model_spec(config if config is not None else TINY_PRESET)
+    tokenizer = build_tokenizer(spec.tokenizer)  # build_config needs the media token ids and vocabulary size
+    return build_processor(build_config(spec, tokenizer), tokenizer, spec.template)

@@ -1,8 +1,9 @@
 """The ``llava-vid`` command line.
 
     llava-vid init --config configs/model/tiny.yaml --out DIR
-    llava-vid generate --model DIR --image PATH "question"
-    llava-vid inspect IMAGE [--config PRESET | --model DIR] [--out PNG]
+    llava-vid generate --model DIR [--image PATH] [--video PATH [--fps F | --num-frames N]
+                       [--max-frames M] [--content-grid G] [--timestamps]] "question"
+    llava-vid inspect IMAGE|VIDEO|FRAMES_FOLDER [--config PRESET | --model DIR] [--out PNG]
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def _generate(args: argparse.Namespace) -> int:
         processor,
         args.question,
         args.image,
+        videos=args.video,
+        video_options=_video_options(args),
+        video_timestamps=args.timestamps,
         max_new_tokens=args.max_new_tokens,
         stream=True,
         image_treatment=args.treatment,
@@ -72,15 +76,50 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _video_options(args: argparse.Namespace) -> dict[str, int | float]:
+    """The per-video options given on the command line (the processor's defaults hold for the rest)."""
+    options = {key: getattr(args, key) for key in VIDEO_OPTIONS}
+    return {key: value for key, value in options.items() if value is not None}
+
+
 def _inspect(args: argparse.Namespace) -> int:
+    from llava_vid.inspect_video import is_video_source
+
+    if is_video_source(args.source):
+        return _inspect_video(args)
+    given = [f"--{key.replace('_', '-')}" for key in _video_options(args)]
+    if given:
+        raise ValueError(f"{', '.join(given)} apply to videos; {args.source} is not a video file or a folder of frames")
     from llava_vid.inspect_image import format_report, inspect_image, load_geometry
 
     geometry, image_processor = load_geometry(args.config, args.model)
     report = inspect_image(
-        args.image,
+        args.source,
         geometry,
         image_processor,
         treatment=args.treatment,
+        max_visual_tokens=args.max_visual_tokens,
+        out_path=args.out,
+    )
+    print(format_report(report))
+    return 0
+
+
+def _inspect_video(args: argparse.Namespace) -> int:
+    from llava_vid.build import load_processor
+    from llava_vid.inspect_video import format_report, inspect_video
+    from llava_vid.processing.video import FrameSampling
+
+    if args.treatment != "auto":
+        raise ValueError(f"--treatment applies to images; {args.source} is a video")
+    options = _video_options(args)
+    content_grid = options.pop("content_grid", None)
+    sampling = FrameSampling(**options)  # checked before the (slower) processor is built
+    report = inspect_video(
+        args.source,
+        load_processor(args.config, args.model),
+        sampling=sampling,
+        content_grid=content_grid,
         max_visual_tokens=args.max_visual_tokens,
         out_path=args.out,
     )
@@ -96,7 +135,27 @@ def _add_image_options(command: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: tile a lone image, global views for several (AnyRes models); anyres; global",
     )
-    command.add_argument("--max-visual-tokens", type=int, help="lower the tiling until the images fit this many tokens")
+    command.add_argument(
+        "--max-visual-tokens",
+        type=int,
+        help="lower the tiling, then the videos' content grid, then their frames, until all fits this many tokens",
+    )
+
+
+VIDEO_OPTIONS = ("fps", "num_frames", "max_frames", "content_grid")  # argparse dests, named as the processor's
+
+
+def _add_video_options(command: argparse.ArgumentParser) -> None:
+    """Per-video sampling and tokens, the same for every command that takes videos (and every video)."""
+    rate = command.add_mutually_exclusive_group()
+    rate.add_argument("--fps", type=float, help="frames per second of video time (default: 1)")
+    rate.add_argument("--num-frames", type=int, help="this many frames, spread evenly over the whole video")
+    command.add_argument("--max-frames", type=int, help="thin the sampled frames evenly to at most this many")
+    command.add_argument(
+        "--content-grid",
+        type=int,
+        help="g: each frame becomes 1 context + g² content tokens (default: the model's, or the largest a budget allows)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,23 +168,36 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="replace an existing folder")
     init.set_defaults(run=_init)
 
-    generate = commands.add_parser("generate", help="answer a question about images, streaming the answer")
+    generate = commands.add_parser("generate", help="answer a question about images and videos, streaming the answer")
     generate.add_argument("--model", required=True, help="a folder written by `llava-vid init` or training")
     generate.add_argument("--image", action="append", default=[], help="an image file; repeat for several")
+    generate.add_argument(
+        "--video",
+        action="append",
+        default=[],
+        help="a video file or a folder of frames, shown after the images; repeat for several",
+    )
     generate.add_argument("--max-new-tokens", type=int, default=128)
     generate.add_argument("--template", choices=TEMPLATE_NAMES, help="override the processor's template")
     generate.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     _add_image_options(generate)
+    _add_video_options(generate)
+    generate.add_argument("--timestamps", action="store_true", help="write each frame's time as text before it")
     generate.add_argument("question")
     generate.set_defaults(run=_generate)
 
-    inspect = commands.add_parser("inspect", help="show how an image is tiled and how many tokens it becomes")
-    inspect.add_argument("image", help="an image file")
+    inspect = commands.add_parser(
+        "inspect", help="show how an image is tiled, or which frames of a video are seen, and the token count"
+    )
+    inspect.add_argument(
+        "source", metavar="IMAGE|VIDEO", help="an image file, a video file or a folder of frames (a video)"
+    )
     source = inspect.add_mutually_exclusive_group()
     source.add_argument("--config", help="model preset YAML (default: configs/model/tiny.yaml)")
     source.add_argument("--model", help="a saved model folder (its processor is read)")
-    inspect.add_argument("--out", help="PNG to write (default: IMAGE stem + .inspect.png in the current folder)")
+    inspect.add_argument("--out", help="PNG to write (default: the file's stem + .inspect.png in the current folder)")
     _add_image_options(inspect)
+    _add_video_options(inspect)
     inspect.set_defaults(run=_inspect)
     return parser
 

@@ -24,27 +24,16 @@ from llava_vid.geometry import ImagePlan, VisionGeometry
 from llava_vid.modes import ImageTreatment
 from llava_vid.processing.image_processor import LlavaVidImageProcessor
 from llava_vid.processing.media import load_image
+from llava_vid.build import load_processor
 from llava_vid.processing.planning import plan_request
 
-DEFAULT_PRESET = Path(__file__).resolve().parents[1] / "configs" / "model" / "tiny.yaml"
 
 
 def load_geometry(
     config: str | Path | None = None, model_dir: str | Path | None = None
 ) -> tuple[VisionGeometry, LlavaVidImageProcessor]:
     """The geometry and image processor of a model preset YAML or a saved model folder (default: the tiny preset)."""
-    if config is not None and model_dir is not None:
-        raise ValueError("give a model preset (--config) or a model folder (--model), not both")
-    if model_dir is not None:
-        from llava_vid.processing.processor import LlavaVidProcessor
-
-        processor = LlavaVidProcessor.from_pretrained(str(model_dir))
-    else:
-        from llava_vid.build import build_config, build_processor, build_tokenizer, load_model_spec
-
-        spec = load_model_spec(config if config is not None else DEFAULT_PRESET)
-        tokenizer = build_tokenizer(spec.tokenizer)  # build_config needs the <image> id and vocabulary size
-        processor = build_processor(build_config(spec, tokenizer), tokenizer, spec.template)
+    processor = load_processor(config, model_dir)
     return processor.geometry, processor.image_processor
 
 

@@ -101,6 +101,7 @@ def write_test_video(
     codec: str | None = None,
     draw: Callable[[int], np.ndarray] | None = None,
     faststart: bool = False,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write a ``num_frames``-frame video at ``fps`` and return its path.
 
@@ -110,7 +111,8 @@ def write_test_video(
     returns frame ``i`` as (H, W, 3) uint8; by default frames encode their
     index (:func:`frame_index_image`). Quality is set high so the index
     survives. ``faststart`` moves the mp4 index (``moov``) to the front, so a
-    truncated copy still opens and its first frames still decode.
+    truncated copy still opens and its first frames still decode. ``metadata``
+    sets container tags (``{"title": ...}``).
     """
     width, height = size
     if width % 2 or height % 2:
@@ -120,6 +122,7 @@ def write_test_video(
     path = Path(path)
     container_options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), mode="w", options=container_options) as container:
+        container.metadata.update(metadata or {})
         stream = container.add_stream(codec, rate=_rate(fps), options=_quality_options(codec))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for i in range(num_frames):
@@ -149,12 +152,16 @@ def _quality_options(codec: str) -> dict[str, str]:
 
 
 def write_zero_frame_video(path: PathLike, *, fps: float = 10.0, size: tuple[int, int] = (64, 48)) -> Path:
-    """A container with a video stream header but no frames at all."""
+    """A container with a video stream header but no frames at all.
+
+    Always written as AVI (whatever the suffix): FFmpeg's mp4/mov muxers drop a track without
+    samples and its Matroska muxer writes nothing, but AVI keeps the empty video stream.
+    """
     path = Path(path)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(default_video_codec(), rate=_rate(fps))
+    with av.open(str(path), mode="w", format="avi") as container:
+        stream = container.add_stream("mpeg4", rate=_rate(fps))
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-        container.mux(stream.encode())
+        container.start_encoding()  # writes the header; no frame is ever muxed
     return path
 
 

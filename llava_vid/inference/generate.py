@@ -1,8 +1,8 @@
-"""Answering questions about images with ``generate``."""
+"""Answering questions about images and videos with ``generate``."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from transformers import TextStreamer
@@ -10,11 +10,31 @@ from transformers import TextStreamer
 from llava_vid.modeling import LlavaVidForConditionalGeneration
 from llava_vid.modes import ImageTreatment
 from llava_vid.processing.processor import LlavaVidProcessor
+from llava_vid.processing.templates import VIDEO_OPTION_KEYS
+
+PIXEL_INPUTS = ("pixel_values", "pixel_values_videos")  # float inputs cast to the model's dtype
 
 
-def user_message(question: str, images: Sequence[Any] = ()) -> dict:
-    """A chat message with the images first (LLaVA-1.5's layout) and then the question."""
+def user_message(
+    question: str,
+    images: Sequence[Any] = (),
+    videos: Sequence[Any] = (),
+    video_options: Mapping[str, Any] | None = None,
+) -> dict:
+    """A chat message with the images first (LLaVA-1.5's layout), then the videos, then the question.
+
+    ``video_options`` (``fps`` | ``num_frames``, ``max_frames``, ``content_grid``; see
+    :class:`~llava_vid.processing.processor.LlavaVidProcessor`) apply to every video; ``None`` values
+    are left out, so the processor's defaults hold.
+    """
+    options = {key: value for key, value in (video_options or {}).items() if value is not None}
+    unknown = sorted(set(options) - set(VIDEO_OPTION_KEYS))
+    if unknown:
+        raise ValueError(f"unknown video options {unknown}; expected some of {list(VIDEO_OPTION_KEYS)}")
+    if options and not videos:
+        raise ValueError(f"video options {sorted(options)} were given but no video")
     parts = [{"type": "image", "image": image} for image in images]
+    parts += [{"type": "video", "video": video, **options} for video in videos]
     return {"role": "user", "content": [*parts, {"type": "text", "text": question}]}
 
 
@@ -25,7 +45,8 @@ def check_fits(prompt_length: int, max_new_tokens: int, model: LlavaVidForCondit
         raise ValueError(
             f"the prompt is {prompt_length} tokens and {max_new_tokens} new tokens were asked for, "
             f"{prompt_length + max_new_tokens} in all, but the language model holds at most {limit} positions "
-            "(text_config.max_position_embeddings); shorten the prompt, use fewer images or lower max_new_tokens"
+            "(text_config.max_position_embeddings); shorten the prompt, use fewer images or video frames, "
+            "or lower max_new_tokens"
         )
 
 
@@ -36,6 +57,9 @@ def answer(
     question: str,
     images: Sequence[Any] = (),
     *,
+    videos: Sequence[Any] = (),
+    video_options: Mapping[str, Any] | None = None,
+    video_timestamps: bool = False,
     history: Sequence[dict] = (),
     max_new_tokens: int = 128,
     stream: bool = False,
@@ -43,15 +67,21 @@ def answer(
     max_visual_tokens: int | None = None,
     **generate_kwargs: Any,
 ) -> str:
-    """Answer ``question`` about ``images`` (paths, bytes or PIL images); greedy unless told otherwise.
+    """Answer ``question`` about ``images`` (paths, bytes or PIL images) and ``videos`` (video files,
+    folders of frames or lists of frames); greedy unless told otherwise.
 
     Args:
+        videos: shown after the images, in order.
+        video_options: per-video sampling and content grid (``fps`` | ``num_frames``, ``max_frames``,
+            ``content_grid``), the same for every video.
+        video_timestamps: write each frame's time as text before its tokens.
         history: earlier messages of the conversation, if any.
         stream: print tokens to stdout as they are generated.
-        image_treatment, max_visual_tokens: per-request image handling (see :class:`LlavaVidProcessor`).
+        image_treatment, max_visual_tokens: per-request handling (see :class:`LlavaVidProcessor`); the
+            budget covers the images and the videos together.
         generate_kwargs: passed to ``model.generate`` (``do_sample``, ``temperature``, …).
     """
-    conversation = [*history, user_message(question, images)]
+    conversation = [*history, user_message(question, images, videos, video_options)]
     inputs = processor.apply_chat_template(
         conversation,
         add_generation_prompt=True,
@@ -59,9 +89,11 @@ def answer(
         return_dict=True,
         image_treatment=image_treatment,
         max_visual_tokens=max_visual_tokens,
+        video_timestamps=video_timestamps,
     ).to(model.device)
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    for key in PIXEL_INPUTS:
+        if key in inputs:
+            inputs[key] = inputs[key].to(model.dtype)
     prompt_length = inputs["input_ids"].shape[1]
     check_fits(prompt_length, max_new_tokens, model)
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None

@@ -114,19 +114,24 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Im
     )
 
 
-def _load_from_path(path: str, max_pixels: int) -> Image.Image:
-    """Open ``path`` and decode it; the file handle is closed before returning."""
-    # Check these up front: PIL's errors for them are less clear (a directory
-    # gives IsADirectoryError on Linux but PermissionError on Windows).
+def check_media_file(path: str, kind: str) -> None:
+    """MediaError naming ``path`` unless it is an existing, non-empty, readable file (``kind``: for the message)."""
     if not os.path.exists(path):
         raise MediaError(f"{path}: file not found")
     if os.path.isdir(path):
-        raise MediaError(f"{path}: is a directory, not an image file")
+        raise MediaError(f"{path}: is a directory, not an {kind} file")
     try:
         if os.path.getsize(path) == 0:
             raise MediaError(f"{path}: file is empty")
     except OSError as exc:
         raise MediaError(f"{path}: cannot read file ({exc})") from exc
+
+
+def _load_from_path(path: str, max_pixels: int) -> Image.Image:
+    """Open ``path`` and decode it; the file handle is closed before returning."""
+    # Check these up front: PIL's errors for them are less clear (a directory
+    # gives IsADirectoryError on Linux but PermissionError on Windows).
+    check_media_file(path, "image")
 
     def probe() -> tuple[int, int] | None:
         try:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 from PIL import Image
 
 from llava_vid.geometry import ImagePlan, VideoPlan, VisionGeometry, num_image_tokens
 from llava_vid.modes import ImageTreatment, check_choice
 from llava_vid.processing.image_processor import LlavaVidImageProcessor
+from llava_vid.processing.video import FrameSampling, sample_frame_indices
 
 
 def plan_request(
@@ -93,3 +95,11 @@ def plan_video(
             f"max_visual_tokens={budget} is smaller than one frame at content_grid={grid} ({1 + grid * grid} tokens)"
         )
     return VideoPlan(kept, grid)
+
+
+def kept_frames(num_sampled: int, plan: VideoPlan) -> np.ndarray:
+    """Indices of the sampled frames a plan keeps: all of them, or an even spread when the budget
+    dropped some (the same rule that sampled them, :func:`~llava_vid.processing.video.sample_frame_indices`)."""
+    if plan.num_frames >= num_sampled:
+        return np.arange(num_sampled)
+    return sample_frame_indices(num_sampled, 1.0, FrameSampling(num_frames=plan.num_frames))

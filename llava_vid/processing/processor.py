@@ -22,9 +22,9 @@ from llava_vid.geometry import VideoPlan, VisionGeometry, num_image_tokens, num_
 from llava_vid.modes import ImageTreatment, MergeMode, VisionFeatureSelect
 from llava_vid.processing.image_processor import LlavaVidImageProcessor
 from llava_vid.processing.media import load_image
-from llava_vid.processing.planning import plan_request, plan_video, request_tokens
+from llava_vid.processing.planning import kept_frames, plan_request, plan_video, request_tokens
 from llava_vid.processing.templates import RenderedPrompt, TemplateName, VideoPart, check_template_name, render
-from llava_vid.processing.video import FrameSampling, VideoClip, load_video, sample_frame_indices
+from llava_vid.processing.video import FrameSampling, VideoClip, load_video
 from llava_vid.tokenizer import IMAGE_TOKEN, VIDEO_TOKEN
 
 IGNORE_INDEX = -100  # label value the loss skips (transformers' convention)
@@ -290,9 +290,7 @@ class LlavaVidProcessor(ProcessorMixin):
                 max_grid=self.geometry.patches_per_side,
                 budget=share,
             )
-            kept = np.arange(len(clip.frames))
-            if plan.num_frames < len(kept):  # the budget dropped frames: keep an even spread
-                kept = sample_frame_indices(len(kept), 1.0, FrameSampling(num_frames=plan.num_frames))
+            kept = kept_frames(len(clip.frames), plan)
             frames.append(clip.frames[kept])  # (T, S, S, 3) uint8
             times.append(clip.timestamps[kept])
             plans.append(plan)
