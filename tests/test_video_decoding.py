@@ -155,7 +155,9 @@ def test_frame_sampling_default_is_one_fps() -> None:
         (5, 1000.0, FrameSampling(fps=0.001), [0]),
     ],
 )
-def test_sample_frame_indices_examples(total: int, native_fps: float, sampling: FrameSampling, expected: list[int]) -> None:
+def test_sample_frame_indices_examples(
+    total: int, native_fps: float, sampling: FrameSampling, expected: list[int]
+) -> None:
     indices = sample_frame_indices(total, native_fps, sampling)
     assert indices.dtype == np.int64
     assert indices.tolist() == expected
@@ -362,22 +364,53 @@ def test_falls_back_to_pyav_without_decord(video_30: Path, monkeypatch: pytest.M
 
 
 @needs_decord
+@pytest.mark.parametrize("fails_at", ["open", "get_batch"])
 def test_falls_back_to_pyav_when_decord_fails(
-    video_30: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    video_30: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fails_at: str
 ) -> None:
     import decord
 
+    real_reader = decord.VideoReader
+
     class BrokenReader:
+        """Fails like decord on a broken file: at open, or when it would substitute a frame."""
+
         def __init__(self, *args: object, **kwargs: object) -> None:
-            raise decord.DECORDError("simulated failure")
+            if fails_at == "open":
+                raise decord.DECORDError("simulated failure")
+            self._reader = real_reader(*args, **kwargs)
+
+        def __len__(self) -> int:
+            return len(self._reader)
+
+        def get_batch(self, indices: list[int]) -> object:
+            raise decord.DECORDLimitReachedError("simulated failure")  # not a DECORDError subclass
 
     monkeypatch.setattr(decord, "VideoReader", BrokenReader)
     with caplog.at_level(logging.INFO, logger=video_module.__name__):
         clip = load_video(video_30, FrameSampling(num_frames=3))
     assert clip.backend == "pyav" and _indices_drawn(clip) == clip.indices.tolist()
     assert "decord failed" in caplog.text and "simulated failure" in caplog.text
-    with pytest.raises(MediaError, match="simulated failure"):
+    with pytest.raises(MediaError, match=f"^{video_30}: decord cannot decode the video .*simulated failure"):
         load_video(video_30, FrameSampling(num_frames=3), backend="decord")
+
+
+@needs_decord
+def test_decord_is_not_allowed_to_substitute_frames(video_30: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """decord hands out the last good frame again for frames it cannot decode unless its fault
+    tolerance is set; it must be below one frame, so the first substitute raises (and PyAV decides)."""
+    import decord
+
+    real_reader = decord.VideoReader
+    seen: dict[str, object] = {}
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.update(kwargs)
+        return real_reader(*args, **kwargs)
+
+    monkeypatch.setattr(decord, "VideoReader", spy)
+    load_video(video_30, FrameSampling(num_frames=3), backend="decord")
+    assert 0 < float(seen["fault_tol"]) * 30 < 1  # a fraction of the frame count; decord ignores 0
 
 
 # --------------------------------------------------------------------------- image sequences
@@ -481,7 +514,9 @@ def test_unusable_files_raise_media_error_naming_the_path(tmp_path: Path, video_
 
 
 @pytest.mark.parametrize("backend", ["auto", "pyav"])
-def test_truncated_file_gives_the_frames_that_really_decoded(tmp_path: Path, video_faststart: Path, backend: str) -> None:
+def test_truncated_file_gives_the_frames_that_really_decoded(
+    tmp_path: Path, video_faststart: Path, backend: str
+) -> None:
     """Wanted frames that lie before the cut are returned (all real); decord refuses the file at
     open, so ``auto`` serves it with PyAV. Asking for a frame past the cut raises (test above)."""
     cut = write_truncated_copy(video_faststart, tmp_path / "cut.mp4", fraction=0.95)  # ~275 frames survive

@@ -33,17 +33,25 @@ Design choices worth knowing:
 * **Backends.** ``auto`` uses decord (random access, fast for sparse sampling)
   and falls back to PyAV (sequential decode) when decord is not installed or
   cannot open/decode the file; the fallback is logged at INFO, the serving
-  backend at DEBUG and recorded in :attr:`VideoClip.backend`. decord can crash
-  the process on some broken files, so a file only reaches decord after the
-  PyAV probe found a video stream with decodable parameters and frames.
-* **Truncated or corrupt files raise**, they do not return partial clips: the
-  indices were chosen over the declared frame count, so a clip of "whatever
-  decoded" would silently cover only the start of the video with wrong
-  spacing. A truncated mp4 either fails to open (index at the end, the ffmpeg
-  default) or decodes until the data stops, which raises (PyAV) or makes
-  decord fail and the PyAV fallback raise. A file whose metadata over-counts
-  frames (decoding ends cleanly before the declared count) is refused the
-  same way, naming both numbers. No frame is ever fabricated.
+  backend at DEBUG and recorded in :attr:`VideoClip.backend`. decord has been
+  reported to crash the process on malformed input, so a file only reaches it
+  after the PyAV probe found a video stream with decodable parameters and
+  frames. decord is opened with a fault tolerance below one frame: by default
+  it silently repeats the last good frame for frames it cannot decode; this
+  way the first such substitute raises and PyAV decides instead.
+* **Truncated or corrupt files.** Every returned frame really decoded at its
+  index; nothing is padded or repeated. A truncated mp4 either fails to open
+  (index at the end, FFmpeg's default) or, with the index at the front,
+  decodes until the data stops: decord refuses it when it indexes the packets,
+  and PyAV never decodes the packet the demuxer flags as cut short. If a
+  wanted frame lies past the cut, that is a MediaError (a clip of "whatever
+  decoded" would cover only the start of the video with the wrong spacing);
+  wanted frames before the cut come back as usual, they are complete. A file
+  whose metadata over-counts frames (decoding ends cleanly with wanted frames
+  missing) is refused the same way, naming both numbers. Not detectable:
+  damage inside an intact container that FFmpeg conceals instead of reporting,
+  or a corrupt sample table that reorders/drops frames (both backends then
+  agree on frames that are off by one or two).
 * **Image sequences.** A folder (image files in natural name order, so
   ``frame_2`` comes before ``frame_10``; hidden files and other extensions are
   skipped) or a list of paths/PIL images is a video at ``native_fps = 1.0``
@@ -316,7 +324,11 @@ def _decode_file(
     chunk_size: int,
     backend: VideoBackend,
 ) -> tuple[np.ndarray, str]:
-    """Frames at ``indices`` (T, H', W', 3) and the name of the backend that decoded them."""
+    """Frames at ``indices`` (T, H', W', 3) and the name of the backend that decoded them.
+
+    When decord fails part-way, PyAV starts again from the first chunk, so ``frame_transform``
+    may see some chunks twice (only their PyAV results are kept).
+    """
     if backend in ("auto", "decord"):
         decord = _import_decord()
         if decord is None:
@@ -474,7 +486,8 @@ def _pyav_chunks(path: str, info: _VideoInfo, indices: np.ndarray, chunk_size: i
     """Yield the frames at ``indices`` in chunks of (<= chunk_size, H, W, 3) uint8 via PyAV.
 
     Decodes the stream front to back (stopping after the last wanted frame) and converts only the
-    wanted frames to RGB, so memory holds at most ``chunk_size`` full-resolution frames.
+    wanted frames to RGB, so memory holds at most ``chunk_size`` full-resolution frames. Frame
+    ``i`` is the ``i``-th frame the decoder outputs (presentation order), as in decord's index.
     """
     with _open_container(path) as container:
         stream = container.streams.video[0]
@@ -609,7 +622,9 @@ def _describe(frame: FrameInput) -> str:
 # --------------------------------------------------------------------------- shared
 
 
-def _transform_and_stack(chunks: Iterator[np.ndarray], frame_transform: FrameTransform | None, label: str) -> np.ndarray:
+def _transform_and_stack(
+    chunks: Iterator[np.ndarray], frame_transform: FrameTransform | None, label: str
+) -> np.ndarray:
     """Apply ``frame_transform`` to each (n, H, W, 3) chunk and concatenate: (T, H', W', 3) uint8."""
     outputs = [chunk if frame_transform is None else _apply_transform(frame_transform, chunk) for chunk in chunks]
     shapes = {out.shape[1:] for out in outputs}
@@ -621,7 +636,8 @@ def _transform_and_stack(chunks: Iterator[np.ndarray], frame_transform: FrameTra
 def _apply_transform(frame_transform: FrameTransform, chunk: np.ndarray) -> np.ndarray:
     """``frame_transform(chunk)``, checked to be (n, H', W', 3) uint8 for an (n, H, W, 3) chunk."""
     out = frame_transform(chunk)
-    if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.ndim != 4 or out.shape[0] != len(chunk) or out.shape[3] != 3:
+    well_formed = isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.ndim == 4
+    if not well_formed or out.shape[0] != len(chunk) or out.shape[3] != 3:
         got = f"{out.dtype} array of shape {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
         raise ValueError(f"frame_transform must return a ({len(chunk)}, H', W', 3) uint8 array, got {got}")
     return out
@@ -635,7 +651,9 @@ def _stack(frames: list[np.ndarray], label: str) -> np.ndarray:
     return np.stack(frames)
 
 
-def _clip(frames: np.ndarray, indices: np.ndarray, source: str, native_fps: float, total_frames: int, backend: str) -> VideoClip:
+def _clip(
+    frames: np.ndarray, indices: np.ndarray, source: str, native_fps: float, total_frames: int, backend: str
+) -> VideoClip:
     return VideoClip(
         frames=frames,
         timestamps=indices / native_fps,  # (T,) seconds
