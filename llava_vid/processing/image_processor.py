@@ -271,7 +271,8 @@ class LlavaVidImageProcessor(BaseImageProcessor):
         one thread does them in ~1 ms, and torch's intra-op threads measurably cost more than that to wake
         right after the resize threads.
         """
-        pixel_values = np.ascontiguousarray(views.transpose(0, 3, 1, 2)).astype(np.float32)  # (V, 3, S, S)
+        pixel_values = np.empty((len(views), 3, *views.shape[1:3]), dtype=np.float32)  # (V, 3, S, S)
+        np.copyto(pixel_values, views.transpose(0, 3, 1, 2))  # cast while transposing: no uint8 copy
         pixel_values -= np.asarray(self.image_mean, dtype=np.float32).reshape(1, 3, 1, 1) * np.float32(255)
         pixel_values /= np.asarray(self.image_std, dtype=np.float32).reshape(1, 3, 1, 1) * np.float32(255)
         return torch.from_numpy(pixel_values)

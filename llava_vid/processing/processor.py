@@ -291,8 +291,9 @@ class LlavaVidProcessor(ProcessorMixin):
                 budget=share,
             )
             kept = kept_frames(len(clip.frames), plan)
-            frames.append(clip.frames[kept])  # (T, S, S, 3) uint8
-            times.append(clip.timestamps[kept])
+            dropped = len(kept) < len(clip.frames)  # index only then: fancy indexing copies every frame
+            frames.append(clip.frames[kept] if dropped else clip.frames)  # (T, S, S, 3) uint8
+            times.append(clip.timestamps[kept] if dropped else clip.timestamps)
             plans.append(plan)
         return frames, times, plans
 
@@ -317,7 +318,9 @@ class LlavaVidProcessor(ProcessorMixin):
             return_tensors="pt",
         )
         return {
-            "pixel_values_videos": self.image_processor.normalize_views(np.concatenate(frames)),  # (F, 3, S, S)
+            "pixel_values_videos": self.image_processor.normalize_views(
+                frames[0] if len(frames) == 1 else np.concatenate(frames)
+            ),  # (F, 3, S, S)
             "video_frames": torch.tensor([plan.num_frames for plan in plans]),
             "video_grids": torch.tensor([plan.content_grid for plan in plans]),
             "video_token_counts": torch.tensor([num_video_tokens(plan) for plan in plans]),

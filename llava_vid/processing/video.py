@@ -338,13 +338,13 @@ def _decode_file(
         else:
             try:
                 chunks = _decord_chunks(decord, path, info, indices, chunk_size)
-                return _transform_and_stack(chunks, frame_transform, path), "decord"
+                return _transform_and_stack(chunks, frame_transform, path, len(indices)), "decord"
             except _DecordFailed as exc:
                 if backend == "decord":
                     raise MediaError(f"{path}: decord cannot decode the video ({exc})") from exc
                 logger.info("%s: decord failed (%s); decoding with PyAV instead", path, exc)
     chunks = _pyav_chunks(path, info, indices, chunk_size)
-    return _transform_and_stack(chunks, frame_transform, path), "pyav"
+    return _transform_and_stack(chunks, frame_transform, path, len(indices)), "pyav"
 
 
 def _probe(path: str) -> _VideoInfo:
@@ -580,7 +580,7 @@ def _load_image_sequence(
     """A folder or list of images as a video at IMAGE_SEQUENCE_FPS; only sampled frames are loaded."""
     indices = sample_frame_indices(len(frames), IMAGE_SEQUENCE_FPS, sampling)
     chunks = _image_chunks(frames, indices, label, chunk_size)
-    stacked = _transform_and_stack(chunks, frame_transform, label)
+    stacked = _transform_and_stack(chunks, frame_transform, label, len(indices))
     return _clip(stacked, indices, label, IMAGE_SEQUENCE_FPS, len(frames), "images")
 
 
@@ -623,14 +623,31 @@ def _describe(frame: FrameInput) -> str:
 
 
 def _transform_and_stack(
-    chunks: Iterator[np.ndarray], frame_transform: FrameTransform | None, label: str
+    chunks: Iterator[np.ndarray], frame_transform: FrameTransform | None, label: str, num_frames: int
 ) -> np.ndarray:
-    """Apply ``frame_transform`` to each (n, H, W, 3) chunk and concatenate: (T, H', W', 3) uint8."""
-    outputs = [chunk if frame_transform is None else _apply_transform(frame_transform, chunk) for chunk in chunks]
-    shapes = {out.shape[1:] for out in outputs}
-    if len(shapes) > 1:
-        raise MediaError(f"{label}: frames change size within the video ({sorted(shapes)}); cannot stack them")
-    return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
+    """Apply ``frame_transform`` to each (n, H, W, 3) chunk, writing into one (T, H', W', 3) uint8 array.
+
+    The output is allocated once, when the first chunk shows the frame size, and filled chunk by chunk,
+    so no second copy of the whole video is ever made.
+    """
+    stacked: np.ndarray | None = None
+    filled = 0
+    for chunk in chunks:
+        out = chunk if frame_transform is None else _apply_transform(frame_transform, chunk)
+        if stacked is None:
+            stacked = np.empty((num_frames, *out.shape[1:]), dtype=np.uint8)  # (T, H', W', 3)
+        elif out.shape[1:] != stacked.shape[1:]:
+            raise MediaError(
+                f"{label}: frames change size within the video ({stacked.shape[1:]} then {out.shape[1:]}); "
+                "cannot stack them"
+            )
+        if filled + len(out) > num_frames:
+            raise MediaError(f"{label}: the decoder returned more than the {num_frames} frames asked for")
+        stacked[filled : filled + len(out)] = out
+        filled += len(out)
+    if stacked is None or filled != num_frames:
+        raise MediaError(f"{label}: decoded {filled} of the {num_frames} frames asked for")
+    return stacked
 
 
 def _apply_transform(frame_transform: FrameTransform, chunk: np.ndarray) -> np.ndarray:
