@@ -49,11 +49,13 @@ class LlavaVidPreTrainedModel(PreTrainedModel):
 
 
 class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin):
-    """A LLaVA model: ``input_ids`` hold one ``image_token_id`` per visual token.
+    """A LLaVA model: ``input_ids`` hold one ``image_token_id`` per image token and one
+    ``video_token_id`` per video token.
 
-    ``forward`` encodes all images of the batch in one (chunked) vision pass, projects them, checks
-    the placeholder count against the features, scatters them into the text embeddings and runs the
-    language model. ``generate`` comes from transformers; ``pixel_values`` are used on the prefill
+    ``forward`` encodes all images of the batch in one (chunked) vision pass, projects and packs them
+    (global view, AnyRes tiles); videos become per-frame context + content tokens; the placeholder
+    counts are checked against the features, which are scattered into the text embeddings before the
+    language model runs. ``generate`` comes from transformers; pixel inputs are used on the prefill
     step only (transformers drops them once the KV cache holds the prompt).
     """
 
@@ -271,23 +273,23 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, D)
+            # Counts are checked on the prefill step even without media (no stray placeholders); once the
+            # prompt is cached, a sampled placeholder id is just a token, not a missing image.
             prefill = self._is_prefill(past_key_values)
-            if pixel_values is not None or prefill:
-                num_images = 0 if pixel_values is None else (pixel_values.shape[0] if image_grids is None else len(image_grids))
-                plans = self.image_plans(num_images, image_sizes, image_grids)
-                self._check_tokens("image", input_ids, self.config.image_token_id, self._image_counts(plans), image_token_counts)
-            if pixel_values is not None:
-                features = self.get_image_features(pixel_values, image_sizes, image_grids)  # (T, D)
-                inputs_embeds = merge_visual_features(inputs_embeds, input_ids, self.config.image_token_id, features)
-            if (pixel_values_videos is not None or prefill) and self.config.video_token_id is not None:
-                video_plans = self.video_plans(video_frames, video_grids) if pixel_values_videos is not None else []
-                counts = [num_video_tokens(plan) for plan in video_plans]
-                self._check_tokens("video", input_ids, self.config.video_token_id, counts, video_token_counts)
-            if pixel_values_videos is not None:
-                features = self.get_video_features(
-                    pixel_values_videos, video_frames, video_grids, qformer_input_ids, qformer_attention_mask
-                )  # (T, D)
-                inputs_embeds = merge_visual_features(inputs_embeds, input_ids, self.config.video_token_id, features)
+            inputs_embeds = self._embed_images(
+                input_ids, inputs_embeds, prefill, pixel_values, image_sizes, image_grids, image_token_counts
+            )
+            inputs_embeds = self._embed_videos(
+                input_ids,
+                inputs_embeds,
+                prefill,
+                pixel_values_videos,
+                video_frames,
+                video_grids,
+                video_token_counts,
+                qformer_input_ids,
+                qformer_attention_mask,
+            )
         elif pixel_values is not None or pixel_values_videos is not None:
             raise ValueError("pixel values need input_ids to locate the media tokens; got inputs_embeds instead")
 
@@ -302,7 +304,54 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
             **kwargs,
         )
 
+    def _embed_images(
+        self,
+        input_ids: torch.Tensor,
+        inputs_embeds: torch.Tensor,
+        prefill: bool,
+        pixel_values: torch.Tensor | None,
+        image_sizes: torch.Tensor | None,
+        image_grids: torch.Tensor | None,
+        image_token_counts: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Check the image placeholders and scatter the images' visual tokens into ``inputs_embeds``."""
+        if pixel_values is None and not prefill:
+            return inputs_embeds
+        num_images = 0
+        if pixel_values is not None:
+            num_images = pixel_values.shape[0] if image_grids is None else len(image_grids)
+        plans = self.image_plans(num_images, image_sizes, image_grids)
+        self._check_tokens("image", input_ids, self.config.image_token_id, self._image_counts(plans), image_token_counts)
+        if pixel_values is None:
+            return inputs_embeds
+        features = self.get_image_features(pixel_values, image_sizes, image_grids)  # (T, D)
+        return merge_visual_features(inputs_embeds, input_ids, self.config.image_token_id, features)
+
+    def _embed_videos(
+        self,
+        input_ids: torch.Tensor,
+        inputs_embeds: torch.Tensor,
+        prefill: bool,
+        pixel_values_videos: torch.Tensor | None,
+        video_frames: torch.Tensor | None,
+        video_grids: torch.Tensor | None,
+        video_token_counts: torch.Tensor | None,
+        qformer_input_ids: torch.Tensor | None,
+        qformer_attention_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Check the video placeholders and scatter the videos' visual tokens into ``inputs_embeds``."""
+        if self.config.video_token_id is None or (pixel_values_videos is None and not prefill):
+            return inputs_embeds
+        plans = self.video_plans(video_frames, video_grids) if pixel_values_videos is not None else []
+        counts = [num_video_tokens(plan) for plan in plans]
+        self._check_tokens("video", input_ids, self.config.video_token_id, counts, video_token_counts)
+        if pixel_values_videos is None:
+            return inputs_embeds
+        features = self.get_video_features(
+            pixel_values_videos, video_frames, video_grids, qformer_input_ids, qformer_attention_mask
+        )  # (T, D)
+        return merge_visual_features(inputs_embeds, input_ids, self.config.video_token_id, features)
+
     @staticmethod
     def _is_prefill(past_key_values: Cache | None) -> bool:
-        # After the prompt is cached, a sampled image-token id is just a token, not a missing image.
         return past_key_values is None or past_key_values.get_seq_length() == 0
