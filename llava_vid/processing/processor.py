@@ -29,6 +29,14 @@ from llava_vid.tokenizer import IMAGE_TOKEN, VIDEO_TOKEN
 
 IGNORE_INDEX = -100  # label value the loss skips (transformers' convention)
 
+
+class PromptTooLongError(ValueError):
+    """A prompt longer than the tokenizer's maximum after media expansion (never truncated)."""
+
+
+class NoTargetError(ValueError):
+    """A training conversation whose labels would all be masked."""
+
 Conversation = list[dict[str, Any]]
 
 
@@ -344,7 +352,7 @@ class LlavaVidProcessor(ProcessorMixin):
         ids = torch.tensor(encoding["input_ids"], dtype=torch.long)  # (L_text,)
         labels = None
         if with_labels and not prompt.target_spans:
-            raise ValueError(
+            raise NoTargetError(
                 "labels were asked for (add_generation_prompt=False) but the conversation has no assistant "
                 "turn, so every label would be masked; pass add_generation_prompt=True for inference"
             )
@@ -357,7 +365,7 @@ class LlavaVidProcessor(ProcessorMixin):
                 trained |= (offsets[:, 0] < end) & (offsets[:, 1] > start)
             labels = torch.where(trained, ids, IGNORE_INDEX)
             if not trained.any():
-                raise ValueError("no token of the assistant turns survived tokenisation; refusing an all-masked sample")
+                raise NoTargetError("no token of the assistant turns survived tokenisation; refusing an all-masked sample")
         # Each image placeholder becomes its image's token count; everything else stays single.
         repeats = torch.ones_like(ids)
         repeats[ids == self.image_token_id] = torch.tensor(image_token_counts, dtype=ids.dtype)
@@ -389,7 +397,7 @@ class LlavaVidProcessor(ProcessorMixin):
     def _check_length(self, length: int) -> None:
         limit = self.tokenizer.model_max_length
         if length > limit:
-            raise ValueError(
+            raise PromptTooLongError(
                 f"the prompt is {length} tokens after expanding images, longer than the maximum of {limit} "
                 "(tokenizer.model_max_length); it is not truncated, because that would cut the image or the "
                 "question. Shorten the text or use fewer images."
