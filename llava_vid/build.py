@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import yaml
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
 
 from llava_vid.config import LlavaVidConfig, validate_modes
@@ -22,6 +21,7 @@ from llava_vid.processing.image_processor import LlavaVidImageProcessor
 from llava_vid.processing.processor import LlavaVidProcessor
 from llava_vid.processing.templates import TemplateName, check_template_name
 from llava_vid.tokenizer import IMAGE_TOKEN, VIDEO_TOKEN, add_media_tokens, build_offline_tokenizer
+from llava_vid.yaml_files import read_yaml_mapping
 
 
 @dataclass
@@ -83,13 +83,7 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
 def load_model_spec(path: str | Path) -> ModelSpec:
     """Read and validate a model preset YAML; errors name the file and the key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: cannot read model preset ({error})") from error
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a model preset must be a mapping")
-    raw = dict(raw)
+    raw = read_yaml_mapping(path, "model preset")
     for key, cls in (("vision", PartSpec), ("text", PartSpec), ("qformer", PartSpec), ("tokenizer", TokenizerSpec)):
         if raw.get(key) is not None:
             raw[key] = _from_dict(cls, raw[key], f"{path}: {key}")

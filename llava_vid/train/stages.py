@@ -32,6 +32,7 @@ from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
 from transformers.trainer_pt_utils import get_parameter_names
 
 from llava_vid.processing.templates import TemplateName
+from llava_vid.yaml_files import read_yaml_mapping
 
 StageName = Literal["pretrain", "finetune", "long_video"]
 Part = Literal["projector", "compressor", "image_newline", "language_model", "vision_tower"]
@@ -188,12 +189,7 @@ def load_stage_config(path: str | Path, overrides: typing.Sequence[str] = ()) ->
     value is checked against the field's type; errors name the file and the key.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: cannot read stage config ({error})") from error
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a stage config must be a mapping")
+    raw = read_yaml_mapping(path, "stage config")
     for override in overrides:
         key, value = _parse_override(override, path)
         _set_dotted(raw, key, value, path)
