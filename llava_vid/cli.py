@@ -4,6 +4,7 @@
     llava-vid generate --model DIR [--image PATH] [--video PATH [--fps F | --num-frames N]
                        [--max-frames M] [--content-grid G] [--timestamps]] "question"
     llava-vid inspect IMAGE|VIDEO|FRAMES_FOLDER [--config PRESET | --model DIR] [--out PNG]
+    llava-vid train configs/train/STAGE.yaml [key=value ...]
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence, get_args
 
+from llava_vid.atomic import write_folder_atomically
 from llava_vid.modes import ImageTreatment
 from llava_vid.processing.templates import TEMPLATE_NAMES
 
@@ -32,20 +33,14 @@ def _init(args: argparse.Namespace) -> int:
         raise SystemExit(f"{out} exists and is not an initialised model folder; pass --force to replace it")
     spec = load_model_spec(args.config)
     model, processor = build_model_and_processor(spec)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Write into a sibling temp folder and rename: a crash never leaves a folder that looks complete.
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        shutil.copyfile(args.config, staging / "model_preset.yaml")  # the resolved recipe beside the weights
-        (staging / COMPLETE_MARKER).write_text("ok\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        shutil.copyfile(args.config, folder / "model_preset.yaml")  # the resolved recipe beside the weights
+        (folder / COMPLETE_MARKER).write_text("ok\n")
+
+    write_folder_atomically(out, write)  # a crash never leaves a folder that looks complete
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {out}: {params:,} parameters, {processor.tokens_per_image} visual tokens per image")
     return 0
@@ -127,6 +122,15 @@ def _inspect_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from llava_vid.train.stages import load_stage_config
+    from llava_vid.train.trainer import train
+
+    final = train(load_stage_config(args.config, args.overrides))
+    print(f"final model: {final}")
+    return 0
+
+
 def _add_image_options(command: argparse.ArgumentParser) -> None:
     """Per-request image handling, the same for every command that takes images."""
     command.add_argument(
@@ -199,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_options(inspect)
     _add_video_options(inspect)
     inspect.set_defaults(run=_inspect)
+
+    train = commands.add_parser("train", help="run one training stage (launch with torchrun/deepspeed for several GPUs)")
+    train.add_argument("config", help="stage YAML, e.g. configs/train/tiny_stage1.yaml")
+    train.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="override config keys: max_steps=10 data.0.path=x.json lora.r=16"
+    )
+    train.set_defaults(run=_train)
     return parser
 
 

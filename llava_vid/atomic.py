@@ -1,0 +1,27 @@
+"""Writing a folder so that it is either complete or absent: never half-written but plausible."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_folder_atomically(destination: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(staging)`` on a fresh sibling temp folder, then rename it to ``destination``.
+
+    A crash or an exception inside ``write`` leaves ``destination`` as it was (the temp folder is
+    removed); an existing ``destination`` is replaced only once the new one is complete. The rename is
+    atomic on one file system; the remove-then-rename of a replaced folder is the short window left.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        write(staging)
+        if destination.exists():
+            shutil.rmtree(destination)
+        staging.rename(destination)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
