@@ -83,6 +83,10 @@ def test_stage1_loss_goes_down_and_final_loads(tmp_path: Path, capsys) -> None:
     assert last < first - 0.1, f"loss did not go down: {losses}"
 
     assert final == Path(config.output_dir) / "final"
+    from PIL import Image
+
+    with Image.open(Path(config.output_dir) / "loss_curve.png") as curve:  # the picture of the run
+        assert curve.format == "PNG" and curve.width >= 400
     model = LlavaVidForConditionalGeneration.from_pretrained(str(final))
     processor = LlavaVidProcessor.from_pretrained(str(final))
     assert processor.tokenizer.model_max_length == 8192  # the preset's, not the stage's max_length

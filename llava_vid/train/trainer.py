@@ -44,6 +44,7 @@ __all__ = ["StageTrainer", "build_training_arguments", "load_model_and_processor
 
 FINAL_DIR = "final"
 CONFIG_FILE = "train_config.yaml"
+LOSS_CURVE = "loss_curve.png"
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -221,6 +222,8 @@ def train(config: StageConfig) -> Path:
         (output_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     trainer.train()
     trainer.save_state()  # output_dir/trainer_state.json: the loss log
+    if trainer.is_world_process_zero():
+        plot_loss_curve(trainer.state.log_history, output_dir / LOSS_CURVE, title=f"{config.stage}: {output_dir.name}")
 
     final = output_dir / FINAL_DIR
     if config.lora is not None:
@@ -253,3 +256,26 @@ def _print_summary(trainer: StageTrainer, counts: dict[str, int], final: Path) -
         f"{trainer.input_tokens:,} tokens trained ({trainer.target_tokens:,} with a loss); "
         f"trainable parameters: {trainable}; saved {final}"
     )
+
+
+def plot_loss_curve(log_history: list[dict], path: Path, *, title: str) -> Path:
+    """Training loss (and learning rate, on a second axis) per logged step, as a PNG a person can glance at."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    logged = [entry for entry in log_history if "loss" in entry and "step" in entry]
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.plot([e["step"] for e in logged], [float(e["loss"]) for e in logged], color="tab:blue", label="loss")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("training loss", color="tab:blue")
+    with_lr = [e for e in logged if "learning_rate" in e]
+    if with_lr:
+        lr_axes = axes.twinx()
+        lr_axes.plot([e["step"] for e in with_lr], [float(e["learning_rate"]) for e in with_lr], color="tab:gray", lw=1)
+        lr_axes.set_ylabel("learning rate", color="tab:gray")
+    axes.set_title(title if logged else f"{title} (no loss logged)")
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
