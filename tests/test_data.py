@@ -287,10 +287,74 @@ def test_mixing_ratios_are_deterministic(tmp_path: Path, tiny_processor) -> None
 def test_sample_lengths(media, tiny_processor) -> None:
     dataset = _dataset(media, tiny_processor)
     lengths = dataset.sample_lengths()
-    assert len(lengths) == len(dataset) and lengths[3] is None  # video: unknown
-    for i in range(3):
+    assert len(lengths) == len(dataset) == 4
+    for i in range(4):
         actual = len(dataset[i]["input_ids"])
-        assert lengths[i] == actual  # exact for images and text (no EXIF rotation here)
+        assert lengths[i] == actual  # exact for images, text and videos (no EXIF rotation here)
+    # The video's 4 sampled frames are really counted (1 + g² tokens each), not guessed.
+    assert lengths[3] - 4 * (1 + tiny_processor.video_content_grid**2) == len(
+        dataset.processor.tokenizer(dataset.processor.apply_chat_template(dataset.conversation(3), template="vicuna_v1"))["input_ids"]
+    ) - 1
+
+
+VIDEO_AND_IMAGE = {"image": "red.png", "video": "clip.mp4", "conversations": _turns("<image> <video>\nSame?", "No.")}
+
+
+@pytest.mark.parametrize(
+    ("video_options", "records", "max_visual_tokens"),
+    [
+        ({"fps": 2}, VIDEO_RECORDS, None),  # 8 frames at 4 fps, sampled at 2 fps: 4 frames
+        ({"num_frames": 3, "content_grid": 2}, VIDEO_RECORDS, None),
+        ({"fps": 4, "max_frames": 5}, VIDEO_RECORDS, 30),  # budget picks the content grid
+        ({"num_frames": 8}, VIDEO_RECORDS, 12),  # 8 frames at g=1 need 16: frames dropped
+        ({"num_frames": 2}, [VIDEO_RECORDS[0], VIDEO_RECORDS[0] | {"video": "frames"}], 40),  # a frame folder too
+        ({"num_frames": 2}, [VIDEO_AND_IMAGE], None),  # the image becomes a global view beside a video
+        ({"num_frames": 2}, [VIDEO_AND_IMAGE], 100),
+    ],
+)
+def test_video_sample_lengths_equal_the_processed_lengths(
+    media, tiny_processor, video_options: dict, records: list[dict], max_visual_tokens: int | None
+) -> None:
+    frames = media["videos"] / "frames"
+    frames.mkdir()
+    for index in range(5):
+        Image.new("RGB", (32, 24), (index * 40, 0, 0)).save(frames / f"frame_{index}.png")
+    path = _write(media["root"] / "train.json", records)
+    spec = DatasetSpec(path, image_root=media["images"], video_root=media["videos"], video_options=video_options)
+    dataset = ConversationDataset([spec], tiny_processor, template="vicuna_v1", max_visual_tokens=max_visual_tokens)
+    lengths = dataset.sample_lengths()
+    for index, length in enumerate(lengths):
+        sample = dataset[index]
+        assert not isinstance(sample, SkippedSample), sample
+        assert length == len(sample["input_ids"])
+        assert length > int(sample["video_token_counts"].sum())  # the visual tokens are in the estimate
+
+
+def test_video_frame_count_comes_from_the_header_not_decoding(media, tiny_processor, monkeypatch) -> None:
+    import llava_vid.processing.video as video_module
+
+    monkeypatch.setattr(video_module, "_decode_file", lambda *a, **k: pytest.fail("decoded frames"))
+    monkeypatch.setattr(video_module, "load_video", lambda *a, **k: pytest.fail("loaded the video"))
+    dataset = _dataset(media, tiny_processor, records=VIDEO_RECORDS * 3)
+    assert dataset.sample_lengths() == [dataset.sample_lengths()[0]] * 3 and dataset.sample_lengths()[0] > 4
+
+
+def test_unreadable_video_or_plan_failure_length_is_none(media, tiny_processor) -> None:
+    (media["videos"] / "bad.mp4").write_text("not a video")
+    records = [
+        {"video": "bad.mp4", "conversations": _turns("<video>\nq", "a")},
+        {"video": "missing.mp4", "conversations": _turns("<video>\nq", "a")},
+        *VIDEO_RECORDS,
+    ]
+    assert _dataset(media, tiny_processor, records=records).sample_lengths()[:2] == [None, None]
+    # A budget below one token per sampled frame: the processor refuses it, the estimate is unknown.
+    assert _dataset(media, tiny_processor, records=VIDEO_RECORDS, max_visual_tokens=3).sample_lengths() == [None]
+
+
+def test_sample_modalities(media, tiny_processor) -> None:
+    records = GOOD_RECORDS + VIDEO_RECORDS + [VIDEO_AND_IMAGE]
+    dataset = _dataset(media, tiny_processor, records=records)
+    assert dataset.sample_modalities() == ["image", "text", "multi_image", "video", "video"]
 
 
 # --------------------------------------------------------------------------- collator
@@ -380,3 +444,23 @@ def test_worker_processes_load_and_report_skips(media, tiny_processor) -> None:
     assert counter.seen == 4 and dict(counter.reasons) == {"unreadable_media": 1}
     with pytest.raises(RuntimeError, match="unreadable_media: 1"):
         counter.check(0.2)
+
+
+def test_anyres_lengths_follow_the_per_request_treatment(media) -> None:
+    """Under AnyRes a lone image is tiled, but beside a video it is a global view: the estimate must
+    plan it the way the processor does."""
+    from llava_vid.build import build_config, build_processor, build_tokenizer, load_model_spec
+
+    spec = load_model_spec(Path(__file__).resolve().parents[1] / "configs/model/tiny_anyres.yaml")
+    tokenizer = build_tokenizer(spec.tokenizer)
+    processor = build_processor(build_config(spec, tokenizer), tokenizer, spec.template)
+    Image.new("RGB", (300, 900), "white").save(media["images"] / "tall.png")
+    records = [
+        {"image": "tall.png", "conversations": _turns("<image>\nRead.", "Text.")},
+        VIDEO_AND_IMAGE | {"image": "tall.png"},
+    ]
+    dataset = _dataset(media, processor, records=records)
+    lengths = dataset.sample_lengths()
+    samples = [dataset[0], dataset[1]]
+    assert samples[0]["image_grids"].tolist() != [[0, 0]] and samples[1]["image_grids"].tolist() == [[0, 0]]
+    assert lengths == [len(sample["input_ids"]) for sample in samples]

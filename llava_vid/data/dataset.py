@@ -21,14 +21,27 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from llava_vid.data.formats import DatasetSpec, read_records, record_to_conversation
-from llava_vid.geometry import ImagePlan, num_image_tokens
+from llava_vid.data.sampler import Modality
+from llava_vid.geometry import ImagePlan, VideoPlan, num_image_tokens, num_video_tokens
 from llava_vid.modes import ImageTreatment
 from llava_vid.processing.media import MediaError
-from llava_vid.processing.planning import plan_request
+from llava_vid.processing.planning import (
+    image_treatment_beside_videos,
+    plan_request,
+    plan_request_videos,
+    request_tokens,
+)
 from llava_vid.processing.processor import IGNORE_INDEX, LlavaVidProcessor, NoTargetError, PromptTooLongError
-from llava_vid.processing.templates import TemplateName, check_template_name
+from llava_vid.processing.templates import RenderedPrompt, TemplateName, VideoPart, check_template_name, render
+from llava_vid.processing.video import FrameSampling, count_sampled_frames
 
-__all__ = ["ConversationDataset", "SkipReason", "SkippedSample", "epoch_plan"]
+__all__ = [
+    "ConversationDataset",
+    "SkipReason",
+    "SkippedSample",
+    "epoch_plan",
+    "sampled_frame_count",
+]
 
 SkipReason = Literal["unreadable_media", "too_long", "no_target"]
 SKIP_REASONS: tuple[str, ...] = ("unreadable_media", "too_long", "no_target")
@@ -171,46 +184,102 @@ class ConversationDataset(Dataset):
     def sample_lengths(self) -> list[int | None]:
         """Cheap per-sample length estimates (tokens) for a length-grouped sampler, in dataset order.
 
-        Text: the tokenized length of the conversation rendered with the template (exact; a batched
-        fast-tokenizer call), each ``<image>`` placeholder counted as its expansion. Images: the exact visual token count of
-        the processor's plan, from the image size read from the file header (PIL opens lazily; no pixel
-        is decoded; EXIF rotation is not applied, so a rotated photo's plan may differ). Videos: unknown without decoding, so a sample holding a video is ``None``; so is one
-        whose image header cannot be read (it will be skipped when loaded). Computed once per record.
+        Every number comes from the functions the processor itself uses, fed with metadata instead of
+        pixels. Text: the tokenized length of the conversation rendered with the template (exact; one
+        batched fast-tokenizer call), each ``<image>`` / ``<video>`` placeholder counted as its expansion.
+        Images: the exact visual token count of the processor's plan, from the image size read from the
+        file header (PIL opens lazily; no pixel is decoded; EXIF rotation is not applied, so a rotated
+        photo's plan may differ). Videos: the frames the processor would sample, from the container's
+        frame count and rate (one PyAV probe; nothing is decoded; Matroska/WebM files without a stored
+        count are demuxed to count packets) or a frame folder's file count, planned under the request's
+        budget like the processor does (exact, for the dataset's default ``video_timestamps=False``).
+        ``None`` where a header cannot be read or the plan fails (loading the sample will report it).
+        Computed once per record; each video file is probed once.
         """
-        tokenizer = self.processor.tokenizer
+        eos = self.processor.tokenizer.eos_token
+        sampled_frames: dict[str, int | None] = {}  # video source → sampled frame count (None: unreadable)
         per_record: list[list[int | None]] = []
         for conversations in self.conversations:
             # Rendering is text only: media parts become their one-token placeholders, nothing is read.
-            texts = [self.processor.apply_chat_template(conv, template=self.template) for conv in conversations]
-            ids = tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else []
-            per_record.append([self._estimate(conv, len(row)) for conv, row in zip(conversations, ids)])
+            prompts = [render(conv, self.template, eos_token=eos) for conv in conversations]
+            ids = self.processor.tokenizer([p.text for p in prompts], add_special_tokens=True)["input_ids"] if prompts else []
+            per_record.append([self._estimate(prompt, len(row), sampled_frames) for prompt, row in zip(prompts, ids)])
         return [per_record[dataset][record] for dataset, record in self.pairs]
 
-    def _estimate(self, conversation: list[dict], text_length: int) -> int | None:
-        parts = [part for message in conversation for part in message["content"]]
-        if any(part["type"] == "video" for part in parts):
-            return None
-        paths = [part["path"] for part in parts if part["type"] == "image"]
-        if not paths:
-            return text_length
+    def sample_modalities(self) -> list[Modality]:
+        """Each sample's modality, in dataset order: ``video`` (any video), ``multi_image`` (several
+        images), ``image`` (one image) or ``text`` (no media). Text only; no file is opened."""
+        eos = self.processor.tokenizer.eos_token
+        per_record = [
+            [_modality(render(conv, self.template, eos_token=eos)) for conv in conversations]
+            for conversations in self.conversations
+        ]
+        return [per_record[dataset][record] for dataset, record in self.pairs]
+
+    def _estimate(self, prompt: RenderedPrompt, text_length: int, sampled_frames: dict[str, int | None]) -> int | None:
         sizes = []
-        for path in paths:
+        for path in prompt.images:
             size = _header_size(path)
             if size is None:
                 return None
             sizes.append(size)
+        frame_counts = []
+        for part in prompt.videos:
+            key = os.fspath(part.source)
+            if key not in sampled_frames:
+                sampled_frames[key] = _sampled_frames_or_none(part)
+            if sampled_frames[key] is None:
+                return None
+            frame_counts.append(sampled_frames[key])
+        treatment = image_treatment_beside_videos(self.image_treatment, bool(prompt.videos))
+        geometry = self.processor.geometry
         try:
-            plans: list[ImagePlan] = plan_request(
+            image_plans: list[ImagePlan] = plan_request(
                 sizes,  # plan() reads only .width/.height
                 self.processor.image_processor,
-                self.processor.geometry,
-                treatment=self.image_treatment,
+                geometry,
+                treatment=treatment,
                 max_visual_tokens=self.max_visual_tokens,
                 max_images=self.processor.max_images,
             )
+            budget = None if self.max_visual_tokens is None else self.max_visual_tokens - request_tokens(image_plans, geometry)
+            video_plans = plan_request_videos(
+                frame_counts,
+                [part.options.get("content_grid") for part in prompt.videos],
+                budget=budget,
+                default_grid=self.processor.video_content_grid,
+                max_grid=geometry.patches_per_side,
+            )
         except ValueError:
-            return None
-        return text_length - len(plans) + sum(num_image_tokens(self.processor.geometry, plan) for plan in plans)
+            return None  # loading the sample raises the same error
+        placeholders = len(image_plans) + len(video_plans)  # each counted once in text_length
+        visual = request_tokens(image_plans, geometry) + sum(num_video_tokens(plan) for plan in video_plans)
+        return text_length - placeholders + visual
+
+
+def sampled_frame_count(source: str | os.PathLike, options: dict[str, Any]) -> int:
+    """How many frames :func:`~llava_vid.processing.video.load_video` samples from ``source`` (a video
+    file or a folder of frame images) with a video part's ``options`` (``fps`` / ``num_frames`` /
+    ``max_frames``; ``content_grid`` is ignored), from metadata only: the PyAV probe of the container
+    (frame count and rate) or the folder's frame files. Raises MediaError for an unreadable source.
+    """
+    sampling = FrameSampling(**{key: value for key, value in options.items() if key != "content_grid"})
+    return count_sampled_frames(source, sampling)
+
+
+def _sampled_frames_or_none(part: VideoPart) -> int | None:
+    if not isinstance(part.source, (str, os.PathLike)):
+        return None  # a list of frames: not a dataset record's form
+    try:
+        return sampled_frame_count(part.source, part.options)
+    except (MediaError, OSError, ValueError):
+        return None  # unknown; loading the sample reports (and counts) the real problem
+
+
+def _modality(prompt: RenderedPrompt) -> Modality:
+    if prompt.videos:
+        return "video"
+    return "text" if not prompt.images else "image" if len(prompt.images) == 1 else "multi_image"
 
 
 @dataclass(frozen=True)

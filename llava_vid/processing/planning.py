@@ -97,6 +97,47 @@ def plan_video(
     return VideoPlan(kept, grid)
 
 
+def plan_request_videos(
+    frame_counts: Sequence[int],
+    content_grids: Sequence[int | None],
+    *,
+    budget: int | None,
+    default_grid: int,
+    max_grid: int,
+) -> list[VideoPlan]:
+    """The plans of one request's videos from their sampled frame counts, under the token ``budget``
+    the request's images leave (``None``: no budget): each video's share is proportional to its frame
+    count, then :func:`plan_video` plans it. The processor (decoded clips) and the training length
+    estimates (container metadata) both plan through here.
+
+    Raises:
+        ValueError: the budget is below one token per sampled frame (both numbers named), or
+            :func:`plan_video` refuses a video.
+    """
+    total_frames = sum(frame_counts)
+    if budget is not None and frame_counts and budget < total_frames:
+        raise ValueError(
+            f"the videos get {budget} tokens of max_visual_tokens (what the images leave), fewer than their "
+            f"{total_frames} sampled frames: not even one token per frame; sample fewer frames or raise the budget"
+        )
+    return [
+        plan_video(
+            frames,
+            content_grid=content_grid,
+            default_grid=default_grid,
+            max_grid=max_grid,
+            budget=None if budget is None else budget * frames // total_frames,
+        )
+        for frames, content_grid in zip(frame_counts, content_grids, strict=True)
+    ]
+
+
+def image_treatment_beside_videos(treatment: ImageTreatment, has_video: bool) -> ImageTreatment:
+    """``auto`` shows the images of a request that also holds a video as global views (the video
+    already costs many tokens; LLaVA-OneVision does the same)."""
+    return "global" if treatment == "auto" and has_video else treatment
+
+
 def kept_frames(num_sampled: int, plan: VideoPlan) -> np.ndarray:
     """Indices of the sampled frames a plan keeps: all of them, or an even spread when the budget
     dropped some (the same rule that sampled them, :func:`~llava_vid.processing.video.sample_frame_indices`)."""

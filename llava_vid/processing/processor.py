@@ -22,7 +22,13 @@ from llava_vid.geometry import VideoPlan, VisionGeometry, num_image_tokens, num_
 from llava_vid.modes import ImageTreatment, MergeMode, VisionFeatureSelect
 from llava_vid.processing.image_processor import LlavaVidImageProcessor
 from llava_vid.processing.media import load_image
-from llava_vid.processing.planning import kept_frames, plan_request, plan_video, request_tokens
+from llava_vid.processing.planning import (
+    image_treatment_beside_videos,
+    kept_frames,
+    plan_request,
+    plan_request_videos,
+    request_tokens,
+)
 from llava_vid.processing.templates import RenderedPrompt, TemplateName, VideoPart, check_template_name, render
 from llava_vid.processing.video import FrameSampling, VideoClip, load_video
 from llava_vid.tokenizer import IMAGE_TOKEN, VIDEO_TOKEN
@@ -234,7 +240,7 @@ class LlavaVidProcessor(ProcessorMixin):
                         f"but {len(items)} {kind}"
                     )
             loaded = [load_image(source) for source in prompt.images]
-            treatment = "global" if image_treatment == "auto" and prompt.videos else image_treatment
+            treatment = image_treatment_beside_videos(image_treatment, bool(prompt.videos))
             prompt_image_plans = plan_request(
                 loaded,
                 self.image_processor,
@@ -282,27 +288,19 @@ class LlavaVidProcessor(ProcessorMixin):
         for part in parts:
             sampling = FrameSampling(**{k: v for k, v in part.options.items() if k != "content_grid"})
             clips.append(load_video(part.source, sampling, frame_transform=self.image_processor.frame_views))
-        total_frames = sum(len(clip.frames) for clip in clips)
-        if budget is not None and clips and budget < total_frames:
-            raise ValueError(
-                f"the videos get {budget} tokens of max_visual_tokens (what the images leave), fewer than their "
-                f"{total_frames} sampled frames: not even one token per frame; sample fewer frames or raise the budget"
-            )
-        frames, times, plans = [], [], []
-        for part, clip in zip(parts, clips):
-            share = None if budget is None else budget * len(clip.frames) // total_frames
-            plan = plan_video(
-                len(clip.frames),
-                content_grid=part.options.get("content_grid"),
-                default_grid=self.video_content_grid,
-                max_grid=self.geometry.patches_per_side,
-                budget=share,
-            )
+        plans = plan_request_videos(
+            [len(clip.frames) for clip in clips],
+            [part.options.get("content_grid") for part in parts],
+            budget=budget,
+            default_grid=self.video_content_grid,
+            max_grid=self.geometry.patches_per_side,
+        )
+        frames, times = [], []
+        for clip, plan in zip(clips, plans):
             kept = kept_frames(len(clip.frames), plan)
             dropped = len(kept) < len(clip.frames)  # index only then: fancy indexing copies every frame
             frames.append(clip.frames[kept] if dropped else clip.frames)  # (T, S, S, 3) uint8
             times.append(clip.timestamps[kept] if dropped else clip.timestamps)
-            plans.append(plan)
         return frames, times, plans
 
     def _video_block(self, plan: VideoPlan, timestamps: np.ndarray | None) -> torch.Tensor:

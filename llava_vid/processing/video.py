@@ -316,6 +316,19 @@ def _load_video_file(
     return _clip(frames, indices, path, info.native_fps, info.total_frames, served_by)
 
 
+def count_sampled_frames(source: str | os.PathLike, sampling: FrameSampling) -> int:
+    """How many frames :func:`load_video` samples from ``source`` (a video file or a folder of frame
+    images), from metadata only: the container's frame count and rate (one PyAV probe, nothing decoded)
+    or the folder's frame files. Raises :class:`MediaError` for an unusable source."""
+    path = _path_string(source)
+    if os.path.isdir(path):
+        total_frames, native_fps = len(_folder_frames(path)), IMAGE_SEQUENCE_FPS
+    else:
+        info = _probe(path)
+        total_frames, native_fps = info.total_frames, info.native_fps
+    return len(sample_frame_indices(total_frames, native_fps, sampling))
+
+
 def _decode_file(
     path: str,
     info: _VideoInfo,
