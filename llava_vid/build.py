@@ -83,17 +83,33 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
 def load_model_spec(path: str | Path) -> ModelSpec:
     """Read and validate a model preset YAML; errors name the file and the key."""
     path = Path(path)
-    raw = read_yaml_mapping(path, "model preset")
+    return model_spec_from_mapping(read_yaml_mapping(path, "model preset"), str(path))
+
+
+def model_spec_from_mapping(raw: dict[str, Any], where: str) -> ModelSpec:
+    """Validate a preset given as a mapping (``where`` names its source in errors)."""
+    raw = dict(raw)
     for key, cls in (("vision", PartSpec), ("text", PartSpec), ("qformer", PartSpec), ("tokenizer", TokenizerSpec)):
         if raw.get(key) is not None:
-            raw[key] = _from_dict(cls, raw[key], f"{path}: {key}")
-    spec = _from_dict(ModelSpec, raw, str(path))
+            raw[key] = _from_dict(cls, raw[key], f"{where}: {key}")
+    spec = _from_dict(ModelSpec, raw, where)
     try:
         check_template_name(spec.template)
         validate_modes(spec)
     except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
+        raise ValueError(f"{where}: {error}") from error
     return spec
+
+
+def model_spec_to_mapping(spec: ModelSpec) -> dict[str, Any]:
+    """A preset as plain data (a YAML mapping :func:`model_spec_from_mapping` reads back); ``pretrained``
+    entries that are local folders become absolute, so the mapping works from any working directory."""
+    raw = dataclasses.asdict(spec)
+    for key in ("vision", "text", "qformer", "tokenizer"):
+        part = raw.get(key)
+        if part and part.get("pretrained") and Path(part["pretrained"]).exists():
+            part["pretrained"] = str(Path(part["pretrained"]).resolve())
+    return raw
 
 
 def _part_config(part: PartSpec) -> PreTrainedConfig:

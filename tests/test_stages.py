@@ -315,3 +315,25 @@ def test_lora_trains_adapters_and_merges_back():
     assert set(model.state_dict()) == plain_keys
     with pytest.raises(ValueError, match="no LoRA adapters"):
         merge_lora(model)
+
+
+def test_the_long_video_recipe_and_the_stage_handoff():
+    stage1, stage2 = load_stage_config(STAGE1), load_stage_config(STAGE2)
+    stage3 = load_stage_config(REPO_ROOT / "configs" / "train" / "stage3_long_video.yaml")
+    # Stage 1 keeps only its multimodal layers; stage 2 starts from that folder; stage 3 from stage 2's.
+    assert stage1.final_weights == "multimodal" and stage2.final_weights == "full"
+    assert stage2.model == f"{stage1.output_dir}/final" and stage3.model == f"{stage2.output_dir}/final"
+    assert stage3.stage == "long_video" and stage3.deepspeed.endswith("zero3.json")
+    video = stage3.data[0].video.as_options()
+    assert video == {"fps": 1.0, "max_frames": 1800, "content_grid": 1}
+    # 1 800 frames × (1 + 1²) tokens leave room for the conversation in the 4 096 positions.
+    from llava_vid.geometry import VideoPlan, num_video_tokens
+
+    assert num_video_tokens(VideoPlan(num_frames=1800, content_grid=1)) == 3600 < stage3.max_length
+
+
+def test_video_options_are_checked():
+    with pytest.raises(ValueError, match="give num_frames or fps, not both"):
+        load_stage_config(STAGE2, ["data.0.video.fps=2", "data.0.video.num_frames=8"])
+    with pytest.raises(ValueError, match=r"unknown key 'data.0.video.fsp'"):
+        load_stage_config(STAGE2, ["data.0.video.fsp=2"])

@@ -67,7 +67,7 @@ def _losses(output_dir: Path) -> list[float]:
 
 def test_stage1_loss_goes_down_and_final_loads(tmp_path: Path, capsys) -> None:
     from llava_vid.modeling import LlavaVidForConditionalGeneration
-    from llava_vid.processing.processor import LlavaVidProcessor
+    from llava_vid.train.checkpoints import load_trained_folder
     from llava_vid.train.trainer import train
 
     data = _write_dataset(tmp_path / "data")
@@ -87,10 +87,12 @@ def test_stage1_loss_goes_down_and_final_loads(tmp_path: Path, capsys) -> None:
 
     with Image.open(Path(config.output_dir) / "loss_curve.png") as curve:  # the picture of the run
         assert curve.format == "PNG" and curve.width >= 400
-    model = LlavaVidForConditionalGeneration.from_pretrained(str(final))
-    processor = LlavaVidProcessor.from_pretrained(str(final))
+    # Stage 1 keeps only the trained multimodal layers; the folder loads as a whole model all the same.
+    model, processor = load_trained_folder(final)
+    assert isinstance(model, LlavaVidForConditionalGeneration)
     assert processor.tokenizer.model_max_length == 8192  # the preset's, not the stage's max_length
-    assert list(final.glob("*.safetensors")) and not list(final.parent.glob(".final.*"))
+    assert [p.name for p in final.glob("*.safetensors")] == ["multimodal.safetensors"]
+    assert not list(final.parent.glob(".final.*"))
     saved = yaml.safe_load((final / "train_config.yaml").read_text())
     assert saved == config.to_dict()
     assert model.config.image_token_id == processor.image_token_id
@@ -158,49 +160,44 @@ def test_cli_train(tmp_path: Path, capsys) -> None:
     assert "max_step" in capsys.readouterr().err
 
 
-def test_deepspeed_zero2_single_process_cpu(tmp_path: Path) -> None:
-    """ZeRO-2 through the Trainer's DeepSpeed integration, one CPU process (gloo/shm). Run in a
-    subprocess: DeepSpeed initialises torch.distributed and accelerate's process-wide state, which must
-    not leak into the other tests."""
-    import os
-    import socket
-    import subprocess
-    import sys
+def test_trainer_batches_follow_the_modality_length_sampler(tmp_path: Path) -> None:
+    """The Trainer's data loader uses our sampler: with image and text-only data mixed, every batch holds
+    one modality, and turning grouping off gives mixed batches."""
+    from llava_vid.data import ConversationDataset, DatasetSpec, ModalityLengthGroupedSampler, TrainingCollator
+    from llava_vid.train.trainer import StageTrainer, build_training_arguments, load_model_and_processor
 
-    pytest.importorskip("deepspeed")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "TORCH_EXTENSIONS_DIR": os.environ.get(
-            "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions")
-        ),  # DeepSpeed's CPU comm op is compiled once and reused
-    }
-    data = _write_dataset(tmp_path / "data", records=8)
-    run = tmp_path / "run"
-    overrides = [
-        f"model={TINY_ANYRES}",
-        f"output_dir={run}",
-        f"data.0.path={data}",
-        f"data.0.image_root={data.parent / 'images'}",
-        f"deepspeed={REPO_ROOT / 'configs' / 'deepspeed' / 'zero2.json'}",
-        "max_steps=3",
-    ]
-    result = subprocess.run(
-        [sys.executable, "-m", "llava_vid.cli", "train", str(STAGE1), *overrides],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "12 samples seen, 0 skipped (none)" in result.stdout
-    assert len(_losses(run)) == 3
-    assert (run / "final" / "model.safetensors").exists() and (run / "final" / "train_config.yaml").exists()
+    images = _write_dataset(tmp_path / "data", records=16)
+    texts = tmp_path / "data" / "texts.json"
+    texts.write_text(
+        json.dumps(
+            [
+                {"id": f"t{i}", "conversations": [{"from": "human", "value": "Say a colour." + " please" * i},
+                                                  {"from": "gpt", "value": "Red."}]}
+                for i in range(16)
+            ]
+        )
+    )  # fmt: skip
+
+    def batches(grouped: bool) -> list[bool]:
+        config = _stage1(tmp_path, images, f"group_by_modality_length={str(grouped).lower()}", "global_batch_size=4")
+        model, processor = load_model_and_processor(config)
+        dataset = ConversationDataset(
+            [DatasetSpec(images, image_root=images.parent / "images"), DatasetSpec(texts)], processor, template="plain"
+        )
+        trainer = StageTrainer(
+            model=model,
+            args=build_training_arguments(config),
+            train_dataset=dataset,
+            data_collator=TrainingCollator(processor.tokenizer.pad_token_id),
+            stage_config=config,
+        )
+        sampler = trainer._get_train_sampler()
+        assert isinstance(sampler, ModalityLengthGroupedSampler) == grouped
+        kinds = []
+        for batch in trainer.get_train_dataloader():
+            with_image = (batch["input_ids"] == processor.image_token_id).any(dim=1)  # (B,)
+            kinds.append(bool(with_image.all()) or not bool(with_image.any()))  # one modality?
+        return kinds
+
+    assert all(batches(grouped=True))
+    assert not all(batches(grouped=False))  # 16 image + 16 text samples in random pairs: some mixed

@@ -36,7 +36,14 @@ def load_pretrained(model_dir: str, runtime: Runtime | None = None):
     from llava_vid.modeling import LlavaVidForConditionalGeneration
     from llava_vid.processing.processor import LlavaVidProcessor
 
+    from llava_vid.train.checkpoints import is_multimodal_only, load_trained_folder
+
     runtime = runtime or pick_runtime()
+    if is_multimodal_only(model_dir):  # a stage-1 result: base rebuilt + trained multimodal layers
+        model, processor = load_trained_folder(
+            model_dir, dtype=runtime.dtype, attn_implementation=runtime.attn_implementation
+        )
+        return model.to(runtime.device).eval(), processor
     config = LlavaVidConfig.from_pretrained(model_dir)
     model = LlavaVidForConditionalGeneration.from_pretrained(
         model_dir, config=config, dtype=runtime.dtype, attn_implementation=runtime.attn_implementation

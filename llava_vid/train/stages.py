@@ -51,9 +51,35 @@ PART_ATTRIBUTES: dict[str, str] = {
 LrScheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 AttentionImplementation = Literal["auto", "flash_attention_2", "sdpa", "eager"]
+FinalWeights = Literal["full", "multimodal"]
 
 
 # ------------------------------------------------------------------------------------------ config
+@dataclass
+class VideoOptions:
+    """How the videos of one data set are sampled (every video part of it gets these)."""
+
+    fps: float | None = None
+    """Frames per second of video time (default 1.0 when neither ``fps`` nor ``num_frames`` is given)."""
+    num_frames: int | None = None
+    """Frames spread evenly over the whole video (instead of ``fps``)."""
+    max_frames: int | None = None
+    """Upper bound on the frames of one video (thinned evenly)."""
+    content_grid: int | None = None
+    """Content tokens per frame side (g: 1 + g² tokens per frame); ``None``: the model's default."""
+
+    def __post_init__(self) -> None:
+        from llava_vid.processing.video import FrameSampling
+
+        FrameSampling(fps=self.fps, num_frames=self.num_frames, max_frames=self.max_frames)  # raises naming the field
+        if self.content_grid is not None and self.content_grid < 1:
+            raise ValueError(f"content_grid must be at least 1, got {self.content_grid}")
+
+    def as_options(self) -> dict[str, Any]:
+        """The set fields, as a video part's options."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+
 @dataclass
 class DataEntry:
     """One training data set; the data layer reads these (formats are its business)."""
@@ -66,6 +92,8 @@ class DataEntry:
     """Folder the entries' video paths are relative to."""
     ratio: float = 1.0
     """Fraction of this data set to use per epoch (1.0 = all of it; >1 repeats it)."""
+    video: VideoOptions = field(default_factory=VideoOptions)
+    """Frame sampling of this data set's videos."""
 
 
 @dataclass
@@ -140,6 +168,15 @@ class StageConfig:
     """Keep at most this many checkpoints (``None``: all)."""
     dataloader_num_workers: int = 4
     """Worker processes per device that load and preprocess samples."""
+    group_by_modality_length: bool = True
+    """Batch samples of one modality (text / image / images / video) and similar length together
+    (lengths from the real visual-token counts); ``false``: plain random order."""
+    resume_from_checkpoint: str | None = "auto"
+    """``auto``: continue from the newest *complete* checkpoint in ``output_dir`` if there is one;
+    a checkpoint folder: continue from it; ``null``: start afresh."""
+    final_weights: FinalWeights = "full"
+    """``full``: the whole model in ``final/``; ``multimodal``: only the trained multimodal layers
+    (projector, compressor, newline) plus what rebuilds the frozen rest (stage 1; stage 2 starts from it)."""
 
     def __post_init__(self) -> None:
         if not self.trainable:
@@ -157,6 +194,12 @@ class StageConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0.0 <= self.max_skip_fraction <= 1.0:
             raise ValueError(f"max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
+        backbones = sorted(set(self.trainable) - MULTIMODAL_PARTS)
+        if self.final_weights == "multimodal" and backbones:
+            raise ValueError(
+                f"final_weights: multimodal saves only {sorted(MULTIMODAL_PARTS)}, but {backbones} train too "
+                "and would be lost; use final_weights: full"
+            )
 
     def gradient_accumulation_steps(self, world_size: int) -> int:
         """``global_batch_size / (per_device_batch_size × world_size)``; an error unless it divides exactly."""
@@ -382,7 +425,8 @@ def apply_trainable(model: nn.Module, trainable: typing.Iterable[str]) -> dict[s
         for name, parameter in tensors[part]:
             if lora_prefix is None or lora_prefix in name:
                 parameter.requires_grad_(True)
-                count += parameter.numel()
+                # Under ZeRO-3 a parameter built inside zero.Init is a shard here; ds_numel is its full size.
+                count += getattr(parameter, "ds_numel", parameter.numel())
         counts[part] = count
     return counts
 
