@@ -63,6 +63,7 @@ class ModelSpec:
     anyres_max_tiles: int | None = None
     video_num_queries: int = 32
     video_content_grid: int = 1
+    video_context_token: bool = True
     template: TemplateName = "vicuna_v1"
     seed: int = 0
 
@@ -170,6 +171,7 @@ def build_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> LlavaVi
         video_token_id=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
         video_num_queries=spec.video_num_queries,
         video_content_grid=spec.video_content_grid,
+        video_context_token=spec.video_context_token,
     )
 
 
@@ -196,6 +198,7 @@ def build_processor(
         anyres_max_tiles=config.anyres_max_tiles,
         template=template,
         video_content_grid=config.video_content_grid,
+        video_context_token=config.video_context_token,
         **({"qformer_max_length": config.qformer_config.max_position_embeddings} if config.has_video else {}),
     )
 

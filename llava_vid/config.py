@@ -74,6 +74,8 @@ class LlavaVidConfig(PreTrainedConfig):
         video_num_queries: learned queries of the Q-Former.
         video_content_grid: default content grid ``g``: each frame gives ``g × g`` content tokens
             after its context token (a request may choose another).
+        video_context_token: give each frame LLaMA-VID's context token (``False``: content tokens
+            only — the ablation that shows what the context token adds).
     """
 
     model_type = MODEL_TYPE
@@ -112,6 +114,7 @@ class LlavaVidConfig(PreTrainedConfig):
     video_token_id: int | None = None
     video_num_queries: int = 32
     video_content_grid: int = 1
+    video_context_token: bool = True
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs) -> None:

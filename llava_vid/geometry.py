@@ -271,10 +271,13 @@ class VideoPlan:
 
     Each frame becomes one context token (LLaMA-VID: instruction-guided attention over the frame)
     followed by ``g × g`` content tokens (the frame's patches average-pooled to a ``g × g`` grid).
+    ``context_token=False`` (a model configured without context tokens, the ablation of LLaMA-VID's
+    context) leaves only the content tokens.
     """
 
     num_frames: int
     content_grid: int = 1
+    context_token: bool = True
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:
@@ -284,9 +287,10 @@ class VideoPlan:
 
     @property
     def tokens_per_frame(self) -> int:
-        return 1 + self.content_grid**2  # context token, then content tokens
+        return int(self.context_token) + self.content_grid**2  # context token, then content tokens
 
 
 def num_video_tokens(plan: VideoPlan) -> int:
-    """Visual tokens one video becomes: ``frames × (1 + g²)``. One hour at 1 frame/s with g=1: 7200."""
+    """Visual tokens one video becomes: ``frames × (1 + g²)`` (``frames × g²`` without context tokens).
+    One hour at 1 frame/s with g=1: 7200."""
     return plan.num_frames * plan.tokens_per_frame

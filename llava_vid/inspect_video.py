@@ -94,6 +94,7 @@ def inspect_video(
         sampled,
         content_grid=content_grid,
         default_grid=processor.video_content_grid,
+        context_token=processor.video_context_token,
         max_grid=processor.geometry.patches_per_side,
         budget=max_visual_tokens,
     )
@@ -151,7 +152,7 @@ def report_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("frames kept", kept),
         ("timestamps", _times(report["timestamps"])),
         ("content grid g", f"{grid} ({grid} × {grid})"),
-        ("tokens per frame", f"{report['tokens_per_frame']} (1 context + {grid * grid} content)"),
+        ("tokens per frame", f"{report['tokens_per_frame']} ({report['tokens_per_frame'] - grid * grid} context + {grid * grid} content)"),
         ("token budget", "-" if budget is None else str(budget)),
         ("total tokens", str(report["total_tokens"])),
     ]

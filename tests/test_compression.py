@@ -408,3 +408,41 @@ def test_inside_a_pretrained_model_loaded_weights_stay_and_missing_ones_are_init
     assert not torch.equal(query_tokens, compressor.query_tokens)  # drawn afresh …
     assert torch.isfinite(query_tokens).all()  # … not left as uninitialised memory
     assert 0.4 < query_tokens.std() < 0.6  # normal(0, qformer initializer_range)
+
+
+def test_a_model_without_context_tokens_gives_content_tokens_only(tmp_path) -> None:
+    """video_context_token=False (the context-token ablation): g² tokens a frame in the processor, the
+    planner and the model alike; the forward pass runs and matches the count."""
+    import numpy as np
+    import torch
+
+    from llava_vid.build import build_model_and_processor, load_model_spec
+    from llava_vid.geometry import VideoPlan, num_video_tokens
+    from llava_vid.processing.planning import plan_video
+    from llava_vid.testing_media import write_test_video
+
+    assert num_video_tokens(VideoPlan(10, 2, context_token=False)) == 40
+    assert num_video_tokens(VideoPlan(10, 2)) == 50
+    # A budget of 40 fits g=2 for 10 frames without context tokens, only g=1 with them.
+    assert plan_video(10, content_grid=None, default_grid=1, max_grid=4, budget=40, context_token=False).content_grid == 2
+    assert plan_video(10, content_grid=None, default_grid=1, max_grid=4, budget=40).content_grid == 1
+
+    from dataclasses import replace
+    from pathlib import Path
+
+    preset = Path(__file__).resolve().parents[1] / "configs" / "model" / "tiny.yaml"
+    model, processor = build_model_and_processor(replace(load_model_spec(preset), video_context_token=False))
+    assert model.config.video_context_token is False and processor.video_context_token is False
+    video = write_test_video(tmp_path / "clip.mp4", num_frames=6, fps=2.0)
+    messages = [{"role": "user", "content": [{"type": "video", "path": str(video)}, {"type": "text", "text": "What?"}]}]
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    frames = int(inputs["video_frames"][0])
+    assert int(inputs["video_token_counts"][0]) == frames * 1  # g=1: one content token a frame
+    assert int((inputs["input_ids"] == processor.video_token_id).sum()) == frames
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert np.isfinite(logits.numpy()).all()
+    processor.save_pretrained(tmp_path / "saved")  # the switch survives a save
+    from llava_vid.processing.processor import LlavaVidProcessor
+
+    assert LlavaVidProcessor.from_pretrained(tmp_path / "saved").video_context_token is False

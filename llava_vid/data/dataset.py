@@ -248,6 +248,7 @@ class ConversationDataset(Dataset):
                 [part.options.get("content_grid") for part in prompt.videos],
                 budget=budget,
                 default_grid=self.processor.video_content_grid,
+                context_token=self.processor.video_context_token,
                 max_grid=geometry.patches_per_side,
             )
         except ValueError:

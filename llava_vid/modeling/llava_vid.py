@@ -191,10 +191,13 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
                     feature_select="patch",  # pooling needs the square patch grid, no CLS
                     chunk_size=chunk,
                 )  # (n, P, D_vision)
+                content = self.projector(pool_content(features, grid).to(self._projector_dtype()))  # (n, g², D_text)
+                if not self.config.video_context_token:
+                    outputs.append(content.flatten(0, 1))  # (n·g², D)
+                    continue
                 instruction = qformer_input_ids[video].expand(len(frame_chunk), -1)  # (n, L)
                 mask = qformer_attention_mask[video].expand(len(frame_chunk), -1)  # (n, L)
                 context = self.video_compressor(features, instruction, mask, chunk_size=chunk)  # (n, 1, D_text)
-                content = self.projector(pool_content(features, grid).to(self._projector_dtype()))  # (n, g², D_text)
                 outputs.append(torch.cat([context.to(content.dtype), content], dim=1).flatten(0, 1))  # (n·(1+g²), D)
         return torch.cat(outputs)  # (T, D_text)
 
@@ -206,11 +209,11 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
         geometry = self.config.vision_geometry()
         return [num_image_tokens(geometry, plan) for plan in plans]
 
-    @staticmethod
-    def video_plans(video_frames: torch.Tensor | None, video_grids: torch.Tensor | None) -> list[VideoPlan]:
+    def video_plans(self, video_frames: torch.Tensor | None, video_grids: torch.Tensor | None) -> list[VideoPlan]:
         if video_frames is None or video_grids is None or len(video_frames) != len(video_grids):
             raise ValueError("pixel_values_videos need video_frames and video_grids with one entry per video")
-        return [VideoPlan(frames, grid) for frames, grid in zip(video_frames.tolist(), video_grids.tolist())]
+        context = self.config.video_context_token
+        return [VideoPlan(frames, grid, context) for frames, grid in zip(video_frames.tolist(), video_grids.tolist())]
 
     @staticmethod
     def _check_tokens(

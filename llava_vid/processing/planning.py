@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from llava_vid.geometry import ImagePlan, VideoPlan, VisionGeometry, num_image_tokens
+from llava_vid.geometry import ImagePlan, VideoPlan, VisionGeometry, num_image_tokens, num_video_tokens
 from llava_vid.modes import ImageTreatment, check_choice
 from llava_vid.processing.image_processor import LlavaVidImageProcessor
 from llava_vid.processing.video import FrameSampling, sample_frame_indices
@@ -64,7 +64,13 @@ def request_tokens(plans: Sequence[ImagePlan], geometry: VisionGeometry) -> int:
 
 
 def plan_video(
-    num_frames: int, *, content_grid: int | None, default_grid: int, max_grid: int, budget: int | None
+    num_frames: int,
+    *,
+    content_grid: int | None,
+    default_grid: int,
+    max_grid: int,
+    budget: int | None,
+    context_token: bool = True,
 ) -> VideoPlan:
     """The plan of one video: its content grid ``g`` and how many of its sampled frames are kept.
 
@@ -73,11 +79,13 @@ def plan_video(
     * if even ``g = 1`` does not fit, frames are dropped (evenly) until the video fits — the fewest
       dropped — but never below one token's worth per sampled frame: a budget smaller than the number of
       sampled frames is an error naming both, as is ``content_grid > max_grid``.
+
+    ``context_token``: whether the model gives each frame a context token (see :class:`VideoPlan`).
     """
     if content_grid is not None and not 1 <= content_grid <= max_grid:
         raise ValueError(f"content_grid={content_grid} must be between 1 and {max_grid} (the patches per side)")
     if budget is None:
-        return VideoPlan(num_frames, content_grid or default_grid)
+        return VideoPlan(num_frames, content_grid or default_grid, context_token)
     if budget < num_frames:
         raise ValueError(
             f"max_visual_tokens={budget} cannot give even one token to each of the {num_frames} sampled frames "
@@ -86,15 +94,17 @@ def plan_video(
         )
     grids = [content_grid] if content_grid is not None else range(max_grid, 0, -1)
     for grid in grids:
-        if num_frames * (1 + grid * grid) <= budget:
-            return VideoPlan(num_frames, grid)
+        plan = VideoPlan(num_frames, grid, context_token)
+        if num_video_tokens(plan) <= budget:
+            return plan
     grid = content_grid or 1
-    kept = budget // (1 + grid * grid)
+    per_frame = VideoPlan(1, grid, context_token).tokens_per_frame
+    kept = budget // per_frame
     if kept < 1:
         raise ValueError(
-            f"max_visual_tokens={budget} is smaller than one frame at content_grid={grid} ({1 + grid * grid} tokens)"
+            f"max_visual_tokens={budget} is smaller than one frame at content_grid={grid} ({per_frame} tokens)"
         )
-    return VideoPlan(kept, grid)
+    return VideoPlan(kept, grid, context_token)
 
 
 def plan_request_videos(
@@ -104,6 +114,7 @@ def plan_request_videos(
     budget: int | None,
     default_grid: int,
     max_grid: int,
+    context_token: bool = True,
 ) -> list[VideoPlan]:
     """The plans of one request's videos from their sampled frame counts, under the token ``budget``
     the request's images leave (``None``: no budget): each video's share is proportional to its frame
@@ -127,6 +138,7 @@ def plan_request_videos(
             default_grid=default_grid,
             max_grid=max_grid,
             budget=None if budget is None else budget * frames // total_frames,
+            context_token=context_token,
         )
         for frames, content_grid in zip(frame_counts, content_grids, strict=True)
     ]

@@ -60,6 +60,7 @@ class LlavaVidProcessor(ProcessorMixin):
         template: default conversation template for :meth:`apply_chat_template`.
         max_images: refuse requests with more images than this (``None``: no limit).
         video_content_grid: default content grid ``g`` of video frames (``1 + g²`` tokens a frame).
+        video_context_token: whether each frame gets a context token (as the model config says).
         qformer_max_length: the Q-Former's positions; a longer instruction is cut there for the
             context tokens only (the language model still reads all of it).
 
@@ -88,6 +89,7 @@ class LlavaVidProcessor(ProcessorMixin):
         max_images: int | None = None,
         video_content_grid: int = 1,
         qformer_max_length: int = 512,
+        video_context_token: bool = True,
         **kwargs,
     ) -> None:
         self.patch_size = patch_size
@@ -97,6 +99,7 @@ class LlavaVidProcessor(ProcessorMixin):
         self.template = check_template_name(template)
         self.max_images = max_images
         self.video_content_grid = video_content_grid
+        self.video_context_token = video_context_token
         self.qformer_max_length = qformer_max_length
         super().__init__(image_processor, tokenizer, qformer_tokenizer or tokenizer, **kwargs)
         self.image_token_id = self._require_token_id(IMAGE_TOKEN)
@@ -294,6 +297,7 @@ class LlavaVidProcessor(ProcessorMixin):
             budget=budget,
             default_grid=self.video_content_grid,
             max_grid=self.geometry.patches_per_side,
+            context_token=self.video_context_token,
         )
         frames, times = [], []
         for clip, plan in zip(clips, plans):
