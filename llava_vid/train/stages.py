@@ -31,6 +31,7 @@ from torch import nn
 from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
 from transformers.trainer_pt_utils import get_parameter_names
 
+from llava_vid.modes import ImageTreatment
 from llava_vid.processing.templates import TemplateName
 from llava_vid.yaml_files import read_yaml_mapping
 
@@ -124,6 +125,9 @@ class StageConfig:
     """Training data sets, mixed by their ``ratio``."""
     template: TemplateName = "vicuna_v1"
     """Chat template: ``plain`` (stage 1 captions) or ``vicuna_v1``."""
+    image_treatment: ImageTreatment = "auto"
+    """How images are shown: ``auto`` (AnyRes tiles for a lone image, global views beside other media),
+    ``anyres`` or ``global`` (global views only — e.g. the AnyRes ablation)."""
     trainable: list[Part] = field(default_factory=lambda: ["projector", "compressor"])
     """Parts that train; every other parameter is frozen (the vision tower unless listed)."""
     learning_rate: float = 2e-5

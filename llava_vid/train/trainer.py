@@ -329,7 +329,9 @@ def train(config: StageConfig, callbacks: list[TrainerCallback] | None = None) -
     ]
     if not specs:
         raise ValueError("data is empty: a stage needs at least one data set")
-    dataset = ConversationDataset(specs, processor, template=config.template, seed=config.seed)
+    dataset = ConversationDataset(
+        specs, processor, template=config.template, seed=config.seed, image_treatment=config.image_treatment
+    )
     collator = TrainingCollator(processor.tokenizer.pad_token_id, max_skip_fraction=config.max_skip_fraction)
 
     trainer = StageTrainer(
