@@ -36,7 +36,8 @@ class LlavaVidPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _skip_keys_device_placement = ["past_key_values"]
+    # The KV cache is `cache` in current transformers 5.x and `past_key_values` in earlier ones.
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     # Keep a transformer block on one device when sharding with device_map="auto".
     _no_split_modules = ["CLIPEncoderLayer", "LlamaDecoderLayer", "InstructBlipQFormerLayer"]
 
@@ -242,7 +243,6 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         image_sizes: torch.Tensor | None = None,
@@ -271,6 +271,8 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
                 with ``video_frames``/``video_grids``/``video_token_counts`` ``(V,)`` and the videos'
                 instructions ``qformer_input_ids``/``qformer_attention_mask`` ``(V, L)``.
             labels: ``(B, L)``, -100 where no loss is taken; shifted inside the language model.
+            kwargs: go to the language model unchanged, the KV cache among them under the name this
+                transformers version gives it (``cache``, formerly ``past_key_values``).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -278,7 +280,7 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, D)
             # Counts are checked on the prefill step even without media (no stray placeholders); once the
             # prompt is cached, a sampled placeholder id is just a token, not a missing image.
-            prefill = self._is_prefill(past_key_values)
+            prefill = self._is_prefill(kwargs.get("cache", kwargs.get("past_key_values")))
             inputs_embeds = self._embed_images(
                 input_ids, inputs_embeds, prefill, pixel_values, image_sizes, image_grids, image_token_counts
             )
@@ -299,7 +301,6 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
         return self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
@@ -356,5 +357,5 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
         return merge_visual_features(inputs_embeds, input_ids, self.config.video_token_id, features)
 
     @staticmethod
-    def _is_prefill(past_key_values: Cache | None) -> bool:
-        return past_key_values is None or past_key_values.get_seq_length() == 0
+    def _is_prefill(cache: Cache | None) -> bool:
+        return cache is None or cache.get_seq_length() == 0
