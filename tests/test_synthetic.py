@@ -1,0 +1,330 @@
+"""The synthetic world generator: loadable LLaVA records, decodable media, determinism, disjoint
+splits, balanced answers, option validation, vision-pretraining pairs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llava_vid.data.formats import MediaRoots, read_records, record_to_conversation
+from llava_vid.data.synthetic import (
+    COLOURS,
+    QA_TASKS,
+    SHAPES,
+    SYMBOLS,
+    TASKS,
+    VISION_GROUPS,
+    WORDS,
+    WorldOptions,
+    generate_world,
+    main,
+    render_contact_sheet,
+)
+from llava_vid.processing.video import FrameSampling, load_video
+
+SMALL = WorldOptions(
+    seed=7,
+    train_counts={task: 8 for task in QA_TASKS},
+    heldout_counts={task: 6 for task in QA_TASKS},
+    caption_images=10,
+    caption_videos=4,
+    caption_mix_ratio=0.5,
+    video_frames=8,
+    video_fps=4.0,
+    long_video_frames=40,
+    long_video_fps=1.0,
+    vision_pairs=48,
+    vision_heldout_pairs=24,
+    workers=1,
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    return generate_world(tmp_path_factory.mktemp("world") / "w", SMALL, progress=False)
+
+
+def _all_files(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _media_paths(jsonl: Path) -> list[Path]:
+    paths = []
+    records = _jsonl(jsonl) if jsonl.name == "vision_pairs.jsonl" else read_records(jsonl)
+    for record in records:
+        for key in ("image", "video"):
+            value = record.get(key)
+            if value is not None:
+                paths += [jsonl.parent / item for item in ([value] if isinstance(value, str) else value)]
+    return paths
+
+
+def test_layout_and_counts(world) -> None:
+    root = world.root
+    assert {"captions.jsonl", "train.jsonl", "tasks.json", "world.json", "heldout", "media"} <= {p.name for p in root.iterdir()}
+    assert len(read_records(world.captions_file)) == SMALL.caption_images + SMALL.caption_videos
+    train_tasks = Counter(record["task"] for record in read_records(world.train_file))
+    assert {task: train_tasks[task] for task in QA_TASKS} == dict(SMALL.train_counts)
+    assert train_tasks["caption"] == 7  # half of the 14 caption records
+    for task in QA_TASKS:
+        assert len(read_records(world.heldout_files[task])) == SMALL.heldout_counts[task]
+    tasks = json.loads(world.tasks_file.read_text())
+    assert set(tasks) == set(QA_TASKS)
+    assert tasks["compare_colour"]["answers"] == ["yes", "no"] and tasks["compare_colour"]["chance"] == 0.5
+    assert "first/second" not in world.summary_table() and "needle" in world.summary_table()
+
+
+def test_records_convert_and_media_exist(world) -> None:
+    files = [world.captions_file, world.train_file, *world.heldout_files.values()]
+    for path in files:
+        for index, record in enumerate(read_records(path)):
+            messages = record_to_conversation(record, roots=MediaRoots(), source_file=path, index=index)
+            assert messages[-1]["role"] == "assistant"
+            media = [part for part in messages[0]["content"] if part["type"] in ("image", "video")]
+            assert media and all(Path(part["path"]).is_file() for part in media)
+            if record["task"] != "caption":
+                spec = TASKS[record["task"]]
+                answer = messages[-1]["content"][0]["text"]
+                assert answer == record["answer"] and answer in spec.answers
+                assert len(answer.split()) <= 2
+
+
+def test_records_load_through_the_dataset(world, tiny_processor) -> None:
+    from llava_vid.data import ConversationDataset, DatasetSpec, SkippedSample
+
+    spec = DatasetSpec(world.train_file, video_options=SMALL.train_video_options)
+    dataset = ConversationDataset([spec], tiny_processor, template="vicuna_v1")
+    tasks_seen = set()
+    records = read_records(world.train_file)
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        assert not isinstance(sample, SkippedSample), sample
+        tasks_seen.add(records[dataset.pairs[index][1]]["task"])
+    assert set(QA_TASKS) <= tasks_seen
+
+
+def test_videos_decode_with_expected_frames(world) -> None:
+    for task in ("video_colour", "video_order"):
+        for path in _media_paths(world.heldout_files[task]):
+            clip = load_video(path, FrameSampling(fps=SMALL.video_fps))
+            assert clip.total_frames == SMALL.video_frames and len(clip.frames) == SMALL.video_frames
+            assert clip.frames.shape[1:] == (SMALL.video_size, SMALL.video_size, 3)
+    for path in _media_paths(world.heldout_files["needle"]):
+        clip = load_video(path, FrameSampling(fps=SMALL.long_video_fps))
+        assert len(clip.frames) == SMALL.long_video_frames
+
+
+def _frame_change(frames: np.ndarray) -> np.ndarray:
+    """(T,) mean absolute difference of each frame to its neighbours (the background drifts slowly,
+    so only a frame that differs from both sides stands out)."""
+    frames = frames.astype(np.float32)
+    padded = np.concatenate([frames[1:2], frames, frames[-2:-1]])  # reflect at both ends
+    neighbours = (padded[:-2] + padded[2:]) / 2
+    return np.abs(frames - neighbours).mean(axis=(1, 2, 3))
+
+
+def test_needle_is_where_claimed(world) -> None:
+    path = world.heldout_files["needle"]
+    for record in read_records(path):
+        clip = load_video(path.parent / record["video"], FrameSampling(fps=SMALL.long_video_fps))
+        change = _frame_change(clip.frames)
+        assert int(np.argmax(change)) == record["needle_frame"]
+        # The neighbours see half the needle through their own neighbour average; leave them out.
+        near = [record["needle_frame"] + offset for offset in (-1, 0, 1) if 0 <= record["needle_frame"] + offset < len(change)]
+        others = np.delete(change, near)
+        assert change[record["needle_frame"]] > 5 * others.max()
+
+
+def test_motion_goes_the_claimed_way(world) -> None:
+    path = world.heldout_files["video_motion"]
+    for record in read_records(path):
+        frames = load_video(path.parent / record["video"], FrameSampling(fps=SMALL.video_fps)).frames.astype(np.int32)
+        # The background is grey and every shape colour saturated: saturation finds the shape.
+        masks = [frame.max(axis=2) - frame.min(axis=2) > 60 for frame in frames]
+        columns = [np.nonzero(mask)[1].mean() for mask in masks if mask.sum() > 20]
+        assert len(columns) >= len(frames) * 3 // 4  # visible from the first quarter on
+        columns = [columns[0], columns[-1]]
+        assert ("right" if columns[1] > columns[0] else "left") == record["answer"]
+
+
+def test_compare_count_has_a_unique_winner_among_three(world) -> None:
+    # Always three images: with pairs too, "how many images" would give part of the answer away.
+    for record in read_records(world.heldout_files["compare_count"]):
+        counts = record["counts"]
+        assert len(counts) == len(record["image"]) == 3 and counts.count(max(counts)) == 1
+        assert ["first", "second", "third"][counts.index(max(counts))] == record["answer"]
+
+
+def test_document_word_page_size(world) -> None:
+    for path in _media_paths(world.heldout_files["document_word"]):
+        image = Image.open(path)
+        assert image.size == (SMALL.page_size, SMALL.page_size)
+        assert np.asarray(image.convert("L")).min() == 0  # the word is drawn in pure black
+
+
+def test_same_seed_gives_identical_files(world, tmp_path: Path) -> None:
+    # Two workers render in another order than the fixture's one: the output must not change.
+    again = generate_world(tmp_path / "again", replace(SMALL, workers=2), progress=False)
+    first, second = _all_files(world.root), _all_files(again.root)
+    assert first.keys() == second.keys()
+    assert [name for name in first if first[name] != second[name]] == []
+
+
+def test_other_seed_gives_other_data(world, tmp_path: Path) -> None:
+    other = generate_world(tmp_path / "other", replace(SMALL, seed=8), progress=False)
+    assert other.train_file.read_bytes() != world.train_file.read_bytes()
+
+
+def _pixel_hash(path: Path) -> str:
+    if path.suffix == ".png":
+        return hashlib.sha256(np.asarray(Image.open(path).convert("RGB")).tobytes()).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_heldout_media_unseen_in_train(world) -> None:
+    train_files = (world.train_file, world.captions_file, world.vision_pairs_file)
+    train = {_pixel_hash(path) for jsonl in train_files for path in _media_paths(jsonl)}
+    heldout = [path for jsonl in (*world.heldout_files.values(), world.vision_heldout_file) for path in _media_paths(jsonl)]
+    assert heldout and all(path.is_relative_to(world.root / "heldout") for path in heldout)
+    assert not train.intersection(_pixel_hash(path) for path in heldout)
+    train_ids = {record["id"] for record in read_records(world.train_file)}
+    heldout_ids = {record["id"] for jsonl in world.heldout_files.values() for record in read_records(jsonl)}
+    assert not train_ids & heldout_ids
+
+
+def test_answers_are_balanced(tmp_path: Path) -> None:
+    counts = {task: 0 for task in QA_TASKS} | {"compare_colour": 20, "compare_count": 13, "video_motion": 7}
+    options = replace(SMALL, train_counts=counts, heldout_counts={task: 0 for task in QA_TASKS}, caption_images=1, caption_videos=0)
+    manifest = generate_world(tmp_path / "w", options, progress=False)
+    by_task: dict[str, Counter] = {}
+    for record in read_records(manifest.train_file):
+        by_task.setdefault(record["task"], Counter())[record["answer"]] += 1
+    assert by_task["compare_colour"] == Counter(yes=10, no=10)
+    assert sorted(by_task["compare_count"].values()) == [4, 4, 5]
+    assert sorted(by_task["video_motion"].values()) == [3, 4]
+
+
+@pytest.mark.parametrize(
+    ("change", "name"),
+    [
+        ({"caption_images": -1}, "caption_images"),
+        ({"video_size": 57}, "video_size"),
+        ({"page_size": 20}, "page_size"),
+        ({"caption_mix_ratio": 1.5}, "caption_mix_ratio"),
+        ({"video_fps": 0.0}, "video_fps"),
+        ({"needle_span": 0}, "needle_span"),
+        ({"long_video_frames": 3, "needle_span": 5}, "long_video_frames"),
+        ({"train_counts": {"video_colour": 3}}, "train_counts"),
+        ({"heldout_counts": {task: -2 for task in QA_TASKS}}, "heldout_counts"),
+        ({"seed": True}, "seed"),
+        ({"vision_pairs": -1}, "vision_pairs"),
+        ({"vision_heldout_pairs": 1.5}, "vision_heldout_pairs"),
+        ({"page_size": 100}, "page_size"),  # vision pairs need a page of at least 2 × 2 tiles
+    ],
+)
+def test_invalid_options_name_the_option(change: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        replace(SMALL, **change)
+
+
+def test_refuses_a_foreign_non_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        generate_world(tmp_path, SMALL, progress=False)
+    with pytest.raises(FileExistsError):
+        generate_world(tmp_path, SMALL, progress=False, overwrite=True)
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_main_prints_a_summary_and_a_contact_sheet(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    sheet = tmp_path / "sheet.png"
+    argv = ["--out", str(tmp_path / "w"), "--train-count", "2", "--heldout-count", "2", "--heldout-count", "needle=1",
+            "--caption-images", "3", "--caption-videos", "1", "--long-video-frames", "20", "--workers", "1",
+            "--quiet", "--contact-sheet", str(sheet)]
+    assert main(argv) == 0
+    output = capsys.readouterr().out
+    assert "document_word" in output and "total" in output
+    assert len(read_records(tmp_path / "w" / "heldout" / "needle.jsonl")) == 1
+    assert Image.open(sheet).size[0] > 100
+    assert main(["--out", str(tmp_path / "bad"), "--video-size", "31"]) == 2
+    assert "video_size" in capsys.readouterr().err
+
+
+def test_contact_sheet_from_a_world(world, tmp_path: Path) -> None:
+    path = render_contact_sheet(world.root, tmp_path / "sheet.png")
+    assert Image.open(path).size[1] > 9 * 56
+
+
+# ------------------------------------------------------------------------------------------ vision pairs
+def _expected_caption(record: dict) -> str:
+    labels = record["labels"]
+    article = {"orange": "an", "arrow": "an"}
+    if record["group"] == "shape":
+        return f"{article.get(labels['colour'], 'a')} {labels['colour']} {labels['shape']}"
+    if record["group"] == "symbol":
+        return f"{article.get(labels['symbol'], 'a')} {labels['symbol']}"
+    if record["group"] == "count":
+        return f"{labels['count']} circle" + ("" if labels["count"] == "one" else "s")
+    if record["group"] == "word":
+        return f"the word {labels['word']}"
+    return {"empty": "an empty frame", "blank": "a blank page"}[record["group"]]
+
+
+def test_vision_pairs_cover_every_group_at_view_size(world) -> None:
+    train, heldout = _jsonl(world.vision_pairs_file), _jsonl(world.vision_heldout_file)
+    assert len(train) == SMALL.vision_pairs and len(heldout) == SMALL.vision_heldout_pairs
+    assert world.counts["vision_pairs"] == {"train": SMALL.vision_pairs, "heldout": SMALL.vision_heldout_pairs}
+    assert world.vision_heldout_file.parent == world.root / "heldout"
+    groups = Counter(record["group"] for record in train)
+    assert set(groups) == set(VISION_GROUPS)
+    assert groups["word"] > groups["shape"] > groups["empty"]  # the hard groups get the most pairs
+    values = {"colour": set(COLOURS), "shape": set(SHAPES), "symbol": set(SYMBOLS), "word": set(WORDS),
+              "count": {"one", "two", "three", "four"}, "empty": {"empty"}, "blank": {"blank"}}
+    for records, jsonl in ((train, world.vision_pairs_file), (heldout, world.vision_heldout_file)):
+        for record in records:
+            assert record["caption"] == _expected_caption(record)
+            assert all(value in values[attribute] for attribute, value in record["labels"].items())
+            image = Image.open(jsonl.parent / record["image"])
+            assert image.size == (SMALL.image_size, SMALL.image_size) and image.mode == "RGB"
+
+
+def test_vision_page_tiles_hold_the_word_or_nothing(world) -> None:
+    """Word tiles carry the word's pure black glyphs at document_word's type size; blank tiles only paper
+    and grey marks (never black)."""
+    def black_rows(path: Path) -> np.ndarray:
+        return np.nonzero((np.asarray(Image.open(path).convert("L")) == 0).any(axis=1))[0]
+
+    page_heights = {int(rows.max() - rows.min()) for rows in map(black_rows, _media_paths(world.heldout_files["document_word"]))}
+    seen = Counter()
+    for jsonl in (world.vision_pairs_file, world.vision_heldout_file):
+        for record in _jsonl(jsonl):
+            if record["group"] not in ("word", "blank"):
+                continue
+            path = jsonl.parent / record["image"]
+            assert np.median(np.asarray(Image.open(path).convert("L"))) >= 220  # light paper
+            rows = black_rows(path)
+            if record["group"] == "word":  # glyph extent (ascender to descender) as on the pages, ± 1 px
+                assert len(rows) and any(abs(int(rows.max() - rows.min()) - height) <= 1 for height in page_heights)
+            else:
+                assert not len(rows)
+            seen[record["group"]] += 1
+    assert seen["word"] and seen["blank"]
+
+
+def test_vision_pairs_do_not_change_the_qa_data(world, tmp_path: Path) -> None:
+    without = generate_world(tmp_path / "without", replace(SMALL, vision_pairs=0, vision_heldout_pairs=0), progress=False)
+    assert without.train_file.read_bytes() == world.train_file.read_bytes()
+    for task in QA_TASKS:
+        assert without.heldout_files[task].read_bytes() == world.heldout_files[task].read_bytes()
+    assert without.vision_pairs_file.read_text() == ""

@@ -1,0 +1,142 @@
+"""Contrastive vision-tower pretraining: a short run saves a loadable tower that a preset can use, the
+loss goes down, zero-shot results are written, bad settings are refused by name."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import CLIPVisionModel
+
+from llava_vid.data.synthetic import QA_TASKS, WorldOptions, generate_world
+from llava_vid.train.vision_pretrain import EVAL_FILE, SETTINGS_FILE, VisionPretrainConfig, WordVocabulary, pretrain_vision_tower
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Only vision pairs: no QA media, so the world renders in well under a second.
+PAIRS_ONLY = WorldOptions(
+    seed=3,
+    train_counts={task: 0 for task in QA_TASKS},
+    heldout_counts={task: 0 for task in QA_TASKS},
+    caption_images=0,
+    caption_videos=0,
+    vision_pairs=120,
+    vision_heldout_pairs=36,
+    workers=1,
+)
+TINY = VisionPretrainConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, patch_size=14, text_hidden_size=16, text_intermediate_size=32,
+                            projection_dim=16, steps=4, batch_size=8, warmup_steps=1, eval_batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_world(tmp_path_factory.mktemp("pairs") / "w", PAIRS_ONLY, progress=False).vision_pairs_file
+
+
+@pytest.fixture(scope="module")
+def tower(pairs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return pretrain_vision_tower(pairs, tmp_path_factory.mktemp("tower") / "clip", TINY, progress=False)
+
+
+def test_saved_tower_loads_as_clip_vision_model(tower: Path) -> None:
+    model = CLIPVisionModel.from_pretrained(tower)
+    assert model.config.hidden_size == TINY.hidden_size and model.config.image_size == 56 and model.config.patch_size == 14
+    output = model(pixel_values=torch.zeros(2, 3, 56, 56), output_hidden_states=True)
+    assert output.last_hidden_state.shape == (2, 1 + 16, TINY.hidden_size)  # CLS + (56 / 14)² patches
+    assert not list(tower.parent.glob(f".{tower.name}.*"))  # no staging folder left behind
+
+
+def test_eval_report_has_every_group(tower: Path, pairs: Path) -> None:
+    report = json.loads((tower / EVAL_FILE).read_text())
+    assert set(report["attributes"]) == {"colour", "shape", "symbol", "count", "word", "empty", "blank"}
+    assert report["eval_file"] == str(pairs.parent / "heldout" / pairs.name) and not report["evaluated_on_training_pairs"]
+    assert report["pairs"] == PAIRS_ONLY.vision_heldout_pairs and report["candidates"] >= 20
+    assert all(0.0 <= result["accuracy"] <= 1.0 and result["count"] > 0 for result in report["attributes"].values())
+    assert report["attributes"]["word"]["classes"] <= 10 and report["attributes"]["count"]["classes"] <= 4
+    settings = json.loads((tower / SETTINGS_FILE).read_text())
+    assert len(settings["loss_every_step"]) == TINY.steps and settings["tokens_per_view"] == 16
+
+
+def test_tower_is_the_vision_tower_of_a_preset(tower: Path, tmp_path: Path) -> None:
+    from llava_vid.build import build_model_and_processor, load_model_spec
+
+    preset = yaml.safe_load((REPO / "configs/model/tiny_anyres.yaml").read_text())
+    preset["vision"] = {"pretrained": str(tower)}
+    path = tmp_path / "preset.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    model, processor = build_model_and_processor(load_model_spec(path))
+    saved = CLIPVisionModel.from_pretrained(tower)
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(model.vision_tower.state_dict()[name], tensor), name  # the trained weights, not fresh ones
+    assert model.config.vision_config.hidden_size == TINY.hidden_size
+    assert processor.image_processor.image_size == 56
+
+
+def test_tower_wider_and_finer_than_the_preset_still_builds(pairs: Path, tmp_path: Path) -> None:
+    """The projector reads the tower's width, the processor its patch size, from the saved config: a
+    48-wide patch-7 tower in a preset whose own vision config says 32 wide, patch 14."""
+    from llava_vid.build import build_model_and_processor, load_model_spec
+
+    wide = pretrain_vision_tower(pairs, tmp_path / "wide", replace(TINY, hidden_size=48, intermediate_size=96, patch_size=7, steps=1), progress=False)
+    preset = yaml.safe_load((REPO / "configs/model/tiny_anyres.yaml").read_text())
+    preset["vision"] = {"pretrained": str(wide)}
+    (tmp_path / "preset.yaml").write_text(yaml.safe_dump(preset))
+    model, processor = build_model_and_processor(load_model_spec(tmp_path / "preset.yaml"))
+    features = model.vision_tower(pixel_values=torch.zeros(1, 3, 56, 56)).last_hidden_state  # (1, 1 + 64, 48)
+    assert features.shape == (1, 1 + 64, 48)
+    assert processor.patch_size == 7 and processor.tokens_per_image == 64 + 1  # (56 / 7)² patches + the newline token
+    projected = [module for module in model.modules() if isinstance(module, torch.nn.Linear) and module.in_features == 48]
+    assert projected  # some projector layer takes the 48-wide features
+
+
+def test_contrastive_loss_goes_down(pairs: Path, tmp_path: Path) -> None:
+    config = replace(TINY, steps=30, learning_rate=3e-3, warmup_steps=3)
+    tower = pretrain_vision_tower(pairs, tmp_path / "clip", config, progress=False)
+    losses = json.loads((tower / SETTINGS_FILE).read_text())["loss_every_step"]
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    assert last < 0.8 * first, (first, last)
+
+
+def test_same_seed_gives_the_same_tower(pairs: Path, tower: Path, tmp_path: Path) -> None:
+    again = pretrain_vision_tower(pairs, tmp_path / "again", TINY, progress=False)
+    first, second = CLIPVisionModel.from_pretrained(tower).state_dict(), CLIPVisionModel.from_pretrained(again).state_dict()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_word_vocabulary_pools_at_eos() -> None:
+    vocabulary = WordVocabulary(["a red circle", "the word cat"])
+    input_ids, mask = vocabulary.encode(["a red circle", "the word dog"])
+    assert input_ids.shape == (2, 4) and mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]
+    assert input_ids[:, -1].tolist() == [vocabulary.eos_id] * 2 and input_ids[1, 2].item() == vocabulary.unk_id
+    assert vocabulary.eos_id != 2  # CLIP's text model treats eos id 2 as the legacy argmax pooling
+
+
+@pytest.mark.parametrize(
+    ("change", "name"),
+    [
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"hidden_size": 30}, "hidden_size"),  # not a multiple of the 4 heads
+        ({"patch_size": 10}, "patch_size"),  # does not divide 56
+        ({"steps": 2.5}, "steps"),
+        ({"batch_size": 1}, "batch_size"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"learning_rate": float("nan")}, "learning_rate"),
+        ({"seed": True}, "seed"),
+        ({"text_heads": 3}, "text_hidden_size"),
+    ],
+)
+def test_bad_config_names_the_field(change: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        replace(TINY, **change)
+
+
+def test_empty_pairs_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "vision_pairs.jsonl").write_text("")
+    with pytest.raises(ValueError, match="no image/caption pairs"):
+        pretrain_vision_tower(tmp_path / "vision_pairs.jsonl", tmp_path / "out", TINY, progress=False)
+    assert not (tmp_path / "out").exists()
