@@ -5,6 +5,10 @@
                        [--max-frames M] [--content-grid G] [--timestamps]] "question"
     llava-vid inspect IMAGE|VIDEO|FRAMES_FOLDER [--config PRESET | --model DIR] [--out PNG]
     llava-vid train configs/train/STAGE.yaml [key=value ...]
+    llava-vid world --out DIR [--seed N] [--heldout-count [TASK=]N ...] …   (the synthetic world)
+    llava-vid eval --model DIR --world DIR [--tasks t1,t2] [--limit N] [--image-treatment T] [--content-grid G]
+                   [--batch-size N] [--out DIR]
+    llava-vid demo [--out runs/demo] [--smoke]   (world → tower → stage 1 → stage 2 → eval → answers)
 """
 
 from __future__ import annotations
@@ -131,6 +135,47 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _world(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from llava_vid.data.synthetic import main as world_main
+
+    return world_main(list(extra))  # its own parser: every flag of the generator, unchanged
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from llava_vid.eval import evaluate, format_table, write_report
+    from llava_vid.inference import load_pretrained, pick_runtime
+
+    hf_logging.disable_progress_bar()  # the evaluation's own bar is the one to watch
+    tasks = [name.strip() for name in args.tasks.split(",") if name.strip()] if args.tasks else None
+    model, processor = load_pretrained(args.model, pick_runtime(args.device))
+    report = evaluate(
+        model,
+        processor,
+        args.world,
+        tasks=tasks,
+        limit=args.limit,
+        video_overrides={"content_grid": args.content_grid} if args.content_grid is not None else None,
+        image_treatment=args.image_treatment,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        progress=not args.quiet,
+    )
+    print(format_table(report))
+    json_path, png_path = write_report(report, args.out or Path(args.model) / "eval")
+    print(f"wrote {json_path}\nwrote {png_path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from llava_vid.demo import run_demo
+
+    out = args.out or ("runs/demo_smoke" if args.smoke else "runs/demo")
+    run_demo(out, smoke=args.smoke, deepspeed=not args.no_deepspeed)
+    return 0
+
+
 def _add_image_options(command: argparse.ArgumentParser) -> None:
     """Per-request image handling, the same for every command that takes images."""
     command.add_argument(
@@ -210,11 +255,42 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value", help="override config keys: max_steps=10 data.0.path=x.json lora.r=16"
     )
     train.set_defaults(run=_train)
+
+    # No options of its own: everything after `world` goes to the generator's parser (see main).
+    world = commands.add_parser(
+        "world", add_help=False, help="generate the synthetic image/video QA world (`llava-vid world --help`)"
+    )
+    world.set_defaults(run=_world, takes_extra=True)
+
+    evaluation = commands.add_parser("eval", help="exact-match accuracy per task on a synthetic world's held-out set")
+    evaluation.add_argument("--model", required=True, help="a folder written by `llava-vid init` or training")
+    evaluation.add_argument("--world", required=True, help="a folder written by `llava-vid world`")
+    evaluation.add_argument("--tasks", help="comma-separated task names (default: every task of tasks.json)")
+    evaluation.add_argument("--limit", type=int, help="at most this many held-out samples per task")
+    evaluation.add_argument("--image-treatment", choices=get_args(ImageTreatment), default="auto")
+    evaluation.add_argument("--content-grid", type=int, help="content tokens g × g per frame for every video task (default: the world's)")
+    evaluation.add_argument("--batch-size", type=int, default=8)
+    evaluation.add_argument("--max-new-tokens", type=int, default=8)
+    evaluation.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    evaluation.add_argument("--out", help="folder for eval.json and eval.png (default: MODEL/eval)")
+    evaluation.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluation.set_defaults(run=_eval)
+
+    demo = commands.add_parser("demo", help="the embedded demo: train a tiny model on a synthetic world and evaluate it")
+    demo.add_argument("--out", help="working folder; finished steps found there are reused (default: runs/demo, runs/demo_smoke)")
+    demo.add_argument("--smoke", action="store_true", help="a few samples and steps of every step (minutes)")
+    demo.add_argument("--no-deepspeed", action="store_true", help="train with plain PyTorch instead of DeepSpeed ZeRO-2")
+    demo.set_defaults(run=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "takes_extra", False):
+        return args.run(args, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.run(args)
     except ValueError as error:  # bad input: say what is wrong, no traceback

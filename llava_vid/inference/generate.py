@@ -50,6 +50,27 @@ def check_fits(prompt_length: int, max_new_tokens: int, model: LlavaVidForCondit
         )
 
 
+def prepare_prompts(
+    model: LlavaVidForConditionalGeneration,
+    processor: LlavaVidProcessor,
+    conversations: list[dict] | list[list[dict]],
+    *,
+    max_new_tokens: int,
+    **template_options: Any,
+) -> Any:
+    """Generation inputs for one conversation or a (left-padded) batch of them: on the model's device,
+    pixels in its dtype, refused when prompt + ``max_new_tokens`` do not fit. ``template_options`` go
+    to ``processor.apply_chat_template`` (``image_treatment``, ``max_visual_tokens``, …)."""
+    inputs = processor.apply_chat_template(
+        conversations, add_generation_prompt=True, tokenize=True, return_dict=True, **template_options
+    ).to(model.device)
+    for key in PIXEL_INPUTS:
+        if key in inputs:
+            inputs[key] = inputs[key].to(model.dtype)
+    check_fits(inputs["input_ids"].shape[1], max_new_tokens, model)
+    return inputs
+
+
 @torch.inference_mode()
 def answer(
     model: LlavaVidForConditionalGeneration,
@@ -82,20 +103,16 @@ def answer(
         generate_kwargs: passed to ``model.generate`` (``do_sample``, ``temperature``, …).
     """
     conversation = [*history, user_message(question, images, videos, video_options)]
-    inputs = processor.apply_chat_template(
+    inputs = prepare_prompts(
+        model,
+        processor,
         conversation,
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
+        max_new_tokens=max_new_tokens,
         image_treatment=image_treatment,
         max_visual_tokens=max_visual_tokens,
         video_timestamps=video_timestamps,
-    ).to(model.device)
-    for key in PIXEL_INPUTS:
-        if key in inputs:
-            inputs[key] = inputs[key].to(model.dtype)
+    )
     prompt_length = inputs["input_ids"].shape[1]
-    check_fits(prompt_length, max_new_tokens, model)
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     generate_kwargs.setdefault("do_sample", False)
     output = model.generate(
