@@ -51,7 +51,7 @@ def test_every_train_config_loads(path):
     assert config.multimodal_learning_rate is not None
     if config.deepspeed is not None:
         assert (REPO_ROOT / config.deepspeed).is_file()
-    if config.model.endswith(".yaml"):
+    if config.model.endswith(".yaml") and not config.model.startswith("runs/"):  # runs/: written by the demo
         assert (REPO_ROOT / config.model).is_file()
 
 

@@ -1,0 +1,299 @@
+"""``llava-vid demo``: the embedded default — a small world the model learns to see, end to end on a CPU.
+
+Six steps, each skipped when its result already exists (results are written atomically, so a step
+cut off half-way is redone, never mistaken for done; the training stages also resume from their last
+complete checkpoint):
+
+1. ``world/``         the synthetic world (:mod:`llava_vid.data.synthetic`): videos, long videos with a
+                      needle, documents, image pairs/triples, captions; train and held-out splits.
+2. ``vision_tower/``  a tiny CLIP pretrained contrastively on the world's image/caption pairs
+                      (:mod:`llava_vid.train.vision_pretrain`) — the LLaVA recipe freezes a pretrained
+                      tower, and with no downloads this is where ours comes from.
+3. ``stage1/final``   LLaVA stage 1 (projector + compressor on captions, ``plain`` template) through
+                      ``llava-vid train`` with DeepSpeed ZeRO-2 (one CPU process, gloo).
+4. ``stage2/final``   LLaVA stage 2 (projector + compressor + LLM on every task, ``vicuna_v1``), same path.
+5. ``eval/``          held-out exact-match accuracy per task beside chance (``eval.json``, ``eval.png``).
+6. three answers with the trained model: a video, a document and a multi-image question.
+
+``--smoke`` runs the same steps with a handful of samples and steps (the test suite's version). The
+settings of a run are written to ``demo.json`` first; a folder made with other settings (a smoke run's
+folder given to the full demo, say) is refused rather than reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from llava_vid.atomic import write_folder_atomically
+
+__all__ = ["DemoSettings", "FULL", "SMOKE", "claim_folder", "data_overrides", "evaluate_into", "run_demo", "train_stage", "write_preset"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "configs"
+DEMO_PRESET = CONFIGS / "model" / "demo.yaml"
+DEMO_STAGE1 = CONFIGS / "train" / "demo_stage1.yaml"
+DEMO_STAGE2 = CONFIGS / "train" / "demo_stage2.yaml"
+ZERO2 = CONFIGS / "deepspeed" / "zero2.json"
+SETTINGS_FILE = "demo.json"
+# One question of each kind answered at the end: (task, what it shows).
+SHOWCASE = (("video_order", "video"), ("document_word", "document"), ("compare_count", "multi-image"))
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of one demo run: the world, the tower pretraining, the stage overrides, the evaluation."""
+
+    world: dict[str, Any] = field(default_factory=dict)
+    """:class:`~llava_vid.data.synthetic.WorldOptions` fields (defaults: the full world)."""
+    vision: dict[str, Any] = field(default_factory=dict)
+    """:class:`~llava_vid.train.vision_pretrain.VisionPretrainConfig` fields."""
+    stage1: tuple[str, ...] = ()
+    """``key=value`` overrides of ``configs/train/demo_stage1.yaml``."""
+    stage2: tuple[str, ...] = ()
+    """``key=value`` overrides of ``configs/train/demo_stage2.yaml``."""
+    eval_limit: int | None = None
+    """Held-out records per task to evaluate (``None``: all)."""
+
+
+FULL = DemoSettings()
+SMOKE = DemoSettings(
+    world={
+        "train_counts": {task: 4 for task in ("video_colour", "video_shape", "video_motion", "video_order",
+                                              "needle", "document_word", "compare_count", "compare_colour")},
+        "heldout_counts": {task: 2 for task in ("video_colour", "video_shape", "video_motion", "video_order",
+                                                "needle", "document_word", "compare_count", "compare_colour")},
+        "caption_images": 16,
+        "caption_videos": 4,
+        "vision_pairs": 64,
+        "vision_heldout_pairs": 16,
+        "long_video_frames": 24,
+    },  # fmt: skip
+    vision={"steps": 4, "batch_size": 16},
+    stage1=("max_steps=2", "save_steps=1"),
+    stage2=("max_steps=2", "save_steps=1"),
+    eval_limit=2,
+)
+
+
+# ------------------------------------------------------------------------------------------ steps
+@dataclass(frozen=True)
+class _Step:
+    name: str
+    result: Path
+    """What the step leaves behind; it exists only once the step finished (written atomically)."""
+    run: Callable[[], None]
+    folder: Path | None = None
+    """What to delete before redoing the step (default ``result``); a training stage's output folder,
+    so a stage redone on a new base does not resume from checkpoints of the old one."""
+
+
+def _run_steps(steps: list[_Step]) -> None:
+    """Run each step unless its result exists. A step that runs makes every later result stale (they
+    were made from what it replaces), so those are deleted and redone, never reused."""
+    redone = False
+    for number, step in enumerate(steps, start=1):
+        label = f"[{number}/{len(steps) + 1}] {step.name}"
+        if step.result.exists() and not redone:
+            print(f"{label}: already done, reused", flush=True)
+            continue
+        stale = step.folder or step.result
+        if redone and stale.exists():
+            shutil.rmtree(stale)
+        print(f"{label} ...", flush=True)
+        started = time.perf_counter()
+        step.run()
+        print(f"{label}: done in {time.perf_counter() - started:.0f} s", flush=True)
+        redone = True
+
+
+def _make_world(world: Path, settings: DemoSettings) -> None:
+    from llava_vid.data.synthetic import WorldOptions, generate_world
+
+    options = WorldOptions(**settings.world)
+    write_folder_atomically(world, lambda staging: generate_world(staging, options, progress=True))
+
+
+def _pretrain_tower(world: Path, tower: Path, settings: DemoSettings) -> None:
+    from llava_vid.train.vision_pretrain import VisionPretrainConfig, pretrain_vision_tower
+
+    pretrain_vision_tower(world / "vision_pairs.jsonl", tower, VisionPretrainConfig(**settings.vision))
+
+
+def write_preset(tower: Path, path: Path, **changes: Any) -> Path:
+    """The demo preset with its vision tower pointing at the pretrained one (an absolute path) and
+    ``changes`` to other preset fields (the ablations: ``video_context_token=False``)."""
+    from llava_vid.build import PartSpec, load_model_spec, model_spec_to_mapping
+
+    spec = replace(load_model_spec(DEMO_PRESET), vision=PartSpec(pretrained=str(tower.resolve())), **changes)
+    path.write_text(yaml.safe_dump(model_spec_to_mapping(spec), sort_keys=False))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def train_stage(stage_config: Path, overrides: list[str], *, deepspeed: bool = True) -> None:
+    """``llava-vid train`` in a child process — as the ``deepspeed`` launcher would start it: DeepSpeed
+    owns torch.distributed and process-wide state for the life of the process."""
+    env = dict(os.environ)
+    if deepspeed:
+        env.update(
+            {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+        )
+        overrides = [*overrides, f"deepspeed={ZERO2}"]
+    else:
+        overrides = [*overrides, "deepspeed=null"]
+    command = [sys.executable, "-m", "llava_vid.cli", "train", str(stage_config), *overrides]
+    result = subprocess.run(command, env=env, cwd=REPO_ROOT)
+    if result.returncode != 0:
+        raise RuntimeError(f"training stage {stage_config.name} failed (exit code {result.returncode}); see the output above")
+
+
+def data_overrides(world: Path, file: str) -> list[str]:
+    """``llava-vid train`` overrides that train on ``world/file`` with the world's video sampling."""
+    fps = json.loads((world / "world.json").read_text())["train_video_options"]["fps"]
+    return [
+        f"data.0.path={world / file}",
+        f"data.0.image_root={world}",
+        f"data.0.video_root={world}",
+        f"data.0.video.fps={fps}",
+    ]
+
+
+def evaluate_into(world: Path, model_dir: Path, out: Path, **evaluate_options: Any) -> None:
+    """Evaluate ``model_dir`` on the world's held-out tasks and write ``eval.json`` + ``eval.png`` to
+    ``out`` (atomically); ``evaluate_options`` go to :func:`llava_vid.eval.evaluate`."""
+    from llava_vid.eval import evaluate, write_report
+    from llava_vid.inference import load_pretrained, pick_runtime
+
+    model, processor = load_pretrained(str(model_dir), pick_runtime())
+    report = evaluate(model, processor, world, **evaluate_options)
+
+    def write(folder: Path) -> None:
+        write_report(report, folder)
+
+    write_folder_atomically(out, write)
+
+
+def _showcase(world: Path, model_dir: Path) -> list[dict[str, str]]:
+    """Answer one held-out video, document and multi-image question, streaming; returns what was asked."""
+    from llava_vid.eval import load_tasks
+    from llava_vid.inference import answer, load_pretrained, pick_runtime
+
+    model, processor = load_pretrained(str(model_dir), pick_runtime())
+    tasks = {task.name: task for task in load_tasks(world, [name for name, _ in SHOWCASE], limit=1)}
+    shown = []
+    for task_name, kind in SHOWCASE:
+        task = tasks[task_name]
+        sample = task.samples[0]
+        parts = [part for message in sample.conversation for part in message["content"]]
+        images = [part["path"] for part in parts if part["type"] == "image"]
+        videos = [part["path"] for part in parts if part["type"] == "video"]
+        print(f"\n{kind} question ({task_name}, held out): {sample.question}")
+        print(f"  media: {', '.join(images + videos)}")
+        print("  answer: ", end="", flush=True)
+        predicted = answer(
+            model,
+            processor,
+            sample.question,
+            images=images,
+            videos=videos,
+            video_options=task.video_options,
+            max_new_tokens=8,
+            stream=True,
+        )
+        print(f"  (reference: {sample.reference})")
+        shown.append({"task": task_name, "question": sample.question, "answer": predicted, "reference": sample.reference})
+    return shown
+
+
+# ------------------------------------------------------------------------------------------ the demo
+def _resolved_settings(settings: DemoSettings, *, deepspeed: bool) -> dict[str, Any]:
+    """Everything a demo folder's results depend on, defaults resolved (so a changed default shows)."""
+    from llava_vid.data.synthetic import WorldOptions
+    from llava_vid.train.vision_pretrain import VisionPretrainConfig
+
+    resolved = {
+        "world": WorldOptions(**settings.world).to_json(),
+        "vision": asdict(VisionPretrainConfig(**settings.vision)),
+        "stage1": list(settings.stage1),
+        "stage2": list(settings.stage2),
+        "eval_limit": settings.eval_limit,
+        "deepspeed": deepspeed,
+    }
+    return json.loads(json.dumps(resolved))  # tuples → lists, as read back
+
+
+def claim_folder(out: Path, settings: DemoSettings, *, deepspeed: bool) -> None:
+    """Record the settings ``out`` is made with (``demo.json``), or check they are the ones it was made
+    with: reusing steps made with other sizes would silently mix two demos."""
+    wanted = _resolved_settings(settings, deepspeed=deepspeed)
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); delete {out} to start the demo afresh") from error
+        differing = sorted(key for key in {**found, **wanted} if found.get(key) != wanted.get(key))
+        if differing:
+            raise ValueError(
+                f"{out} holds a demo made with other settings (differing: {', '.join(differing)}; see {path}); "
+                "pass another --out or delete that folder"
+            )
+        return
+    if any(out.iterdir()):
+        raise ValueError(f"{out} is not empty and holds no {SETTINGS_FILE}; pass an empty or new folder as --out")
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
+    os.replace(staging, path)
+
+
+def run_demo(out: str | os.PathLike, *, smoke: bool = False, deepspeed: bool = True) -> Path:
+    """Run (or finish) the demo in ``out``; returns the evaluation folder. See the module docstring."""
+    from llava_vid.eval import format_table, read_report
+
+    settings = SMOKE if smoke else FULL
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, settings, deepspeed=deepspeed)
+    world, tower = out / "world", out / "vision_tower"
+    stage1, stage2, evaluation = out / "stage1", out / "stage2", out / "eval"
+    started = time.perf_counter()
+
+    preset = out / "model.yaml"
+    _run_steps([
+        _Step("synthetic world", world, lambda: _make_world(world, settings)),
+        _Step("vision tower (contrastive pretraining)", tower, lambda: _pretrain_tower(world, tower, settings)),
+        _Step("stage 1: align projector + compressor", stage1 / "final", folder=stage1, run=lambda: train_stage(
+            DEMO_STAGE1,
+            [f"model={write_preset(tower, preset)}", f"output_dir={stage1}", *data_overrides(world, "captions.jsonl"),
+             *settings.stage1],
+            deepspeed=deepspeed,
+        )),
+        _Step("stage 2: instruction tuning", stage2 / "final", folder=stage2, run=lambda: train_stage(
+            DEMO_STAGE2,
+            [f"model={stage1 / 'final'}", f"output_dir={stage2}", *data_overrides(world, "train.jsonl"), *settings.stage2],
+            deepspeed=deepspeed,
+        )),
+        _Step("held-out evaluation", evaluation, lambda: evaluate_into(world, stage2 / "final", evaluation, limit=settings.eval_limit)),
+    ])  # fmt: skip
+    print("\n" + format_table(read_report(evaluation)))
+    print(f"(chart: {evaluation / 'eval.png'}; loss curves: {stage1 / 'loss_curve.png'}, {stage2 / 'loss_curve.png'})")
+    print("\n[6/6] three answers from the trained model")
+    _showcase(world, stage2 / "final")
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; everything is in {out}")
+    return evaluation

@@ -1,0 +1,103 @@
+"""`llava-vid demo --smoke`: the whole embedded demo (world → tower → stage 1 and 2 through DeepSpeed
+ZeRO-2 → held-out evaluation → three answers) with a handful of samples, so CI keeps every step working;
+then a second run that reuses everything, an interrupted one that redoes only what is unfinished, and
+a folder made with other settings refused."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llava_vid.cli import main
+from llava_vid.data.synthetic import QA_TASKS
+from llava_vid.train.checkpoints import is_complete
+
+STEPS = 5  # numbered steps whose results are kept; the sixth (the answers) always runs
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("demo") / "smoke"
+    buffer = io.StringIO()  # capsys is function-scoped; a module fixture captures for itself
+    with contextlib.redirect_stdout(buffer):
+        assert main(["demo", "--smoke", "--out", str(out)]) == 0
+    return out, buffer.getvalue()
+
+
+def _run_again(out: Path, capsys: pytest.CaptureFixture, *extra: str) -> str:
+    capsys.readouterr()
+    assert main(["demo", "--smoke", "--out", str(out), *extra]) == 0
+    return capsys.readouterr().out
+
+
+def test_every_step_runs_and_the_table_and_answers_are_printed(smoke_run: tuple[Path, str]) -> None:
+    out, printed = smoke_run
+    for number in range(1, STEPS + 1):
+        assert f"[{number}/6]" in printed and "already done" not in printed
+    table = printed[printed.index("task ") :]
+    for task in QA_TASKS:
+        assert task in table, f"{task} missing from the accuracy table"
+    assert "chance" in table and "overall" in table
+    for kind in ("video question", "document question", "multi-image question"):
+        assert kind in printed
+    assert printed.count("(reference: ") == 3
+    report = json.loads((out / "eval" / "eval.json").read_text())
+    assert set(report["tasks"]) == set(QA_TASKS)
+    assert (out / "eval" / "eval.png").stat().st_size > 0
+    for stage in ("stage1", "stage2"):
+        assert (out / stage / "final").is_dir() and (out / stage / "loss_curve.png").is_file()
+    # Stage 1 kept only the multimodal layers on top of the pretrained tower; stage 2 is a full model.
+    assert (out / "stage1" / "final" / "multimodal.safetensors").is_file()
+    assert (out / "stage2" / "final" / "model.safetensors").is_file()
+    assert (out / "stage2" / "final" / "train_config.yaml").is_file()
+
+
+def test_a_second_run_reuses_every_step(smoke_run: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:
+    out, _ = smoke_run
+    printed = _run_again(out, capsys)
+    for number in range(1, STEPS + 1):
+        assert f"[{number}/6]" in printed
+    assert printed.count("already done, reused") == STEPS
+    assert printed.count("(reference: ") == 3
+
+
+def test_an_interrupted_stage_resumes_and_a_partial_checkpoint_is_not_used(
+    smoke_run: tuple[Path, str], capsys: pytest.CaptureFixture
+) -> None:
+    out, _ = smoke_run
+    stage2 = out / "stage2"
+    complete = sorted(path for path in stage2.glob("checkpoint-*") if is_complete(path))
+    assert complete, "stage 2 saved no complete checkpoint to resume from"
+    # As if killed before the final save, with a later checkpoint cut off mid-save (weights there but
+    # garbage, no completion mark: resuming from it would crash). The old evaluation is left in place:
+    # it was made from the stage-2 model being replaced, so it must be redone, not reused.
+    shutil.rmtree(stage2 / "final")
+    old_eval = (out / "eval" / "eval.json").stat().st_mtime_ns
+    partial = stage2 / "checkpoint-999"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"cut off")
+    printed = _run_again(out, capsys)
+    assert printed.count("already done, reused") == 3  # world, tower, stage 1
+    assert "[4/6] stage 2: instruction tuning: done" in printed
+    assert "[5/6] held-out evaluation: done" in printed
+    assert (stage2 / "final").is_dir() and (out / "eval" / "eval.json").stat().st_mtime_ns != old_eval
+    shutil.rmtree(partial)
+
+
+def test_a_folder_made_with_other_settings_is_refused(smoke_run: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:
+    out, _ = smoke_run
+    assert main(["demo", "--out", str(out)]) == 2  # the full demo into the smoke run's folder
+    error = capsys.readouterr().err
+    assert str(out) in error and "other settings" in error and "world" in error
+
+
+def test_a_foreign_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["demo", "--smoke", "--out", str(tmp_path)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]

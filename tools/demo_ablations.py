@@ -1,0 +1,199 @@
+"""The demo's ablations: what AnyRes, the context token and the content grid each buy on the synthetic world.
+
+Run after `llava-vid demo` (it reuses that run's world, vision tower and stage 1); every variant is
+trained with the demo's own recipe and evaluated on the same held-out samples as the demo's model:
+
+* ``anyres``:  stage 2 again with ``image_treatment=global`` (one 56 px view per image, in training and
+               evaluation) against the demo's AnyRes model, on ``document_word``;
+* ``context``: stage 1 and stage 2 again with the preset's ``video_context_token: false`` (content tokens
+               only) against the demo's context + content model, on ``needle`` (and the short videos);
+* ``grid``:    ``g = 1`` against ``g = 2`` content tokens per frame (in training and evaluation) on the four
+               short-video tasks, both arms' stage 2 trained on those tasks' records only (from the demo's
+               stage 1): with every task, ``g = 2`` would also apply to the 256-frame needles (1280
+               tokens each) and the variant would cost three times the demo's stage 2.
+
+    python tools/demo_ablations.py --demo runs/demo [--only anyres,context,grid]
+
+Each variant lives in ``DEMO/ablations/<name>/`` and is reused when finished (like the demo's steps);
+the table is printed and written to ``DEMO/ablations/ablations.json`` and ``ablations.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llava_vid.demo import (
+    DEMO_STAGE1,
+    DEMO_STAGE2,
+    FULL,
+    SETTINGS_FILE,
+    claim_folder,
+    data_overrides,
+    evaluate_into,
+    train_stage,
+    write_preset,
+)
+
+SHORT_VIDEO_TASKS = ("video_colour", "video_shape", "video_motion", "video_order")
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One comparison: which tasks, and how the variant is trained and evaluated."""
+
+    name: str
+    what: str
+    baseline: str
+    variant: str
+    tasks: tuple[str, ...]
+    preset_changes: dict[str, Any]
+    """Preset fields changed for the variant; non-empty means stage 1 is retrained too."""
+    stage_overrides: tuple[str, ...]
+    """``key=value`` overrides of both stages for the variant."""
+    evaluate_options: dict[str, Any]
+    """How the variant is evaluated (:func:`llava_vid.eval.evaluate` keyword arguments)."""
+    train_tasks: tuple[str, ...] = ()
+    """Train both arms' stage 2 on these tasks' records only; the baseline is then trained here too
+    (with the demo's recipe), not taken from the demo. Empty: every record, the demo's model as baseline."""
+
+
+ABLATIONS: dict[str, Ablation] = {
+    ablation.name: ablation
+    for ablation in (
+        Ablation(
+            "anyres", "document word: AnyRes tiles vs one global view", "AnyRes (global view + tiles)",
+            "global view only", ("document_word",), {}, ("image_treatment=global",), {"image_treatment": "global"},
+        ),
+        Ablation(
+            "context", "needle in a long video: context + content tokens vs content only", "context + content",
+            "content only", ("needle", *SHORT_VIDEO_TASKS), {"video_context_token": False}, (), {},
+        ),
+        Ablation(
+            "grid", "short videos: content tokens per frame g = 1 vs g = 2", "g = 1 (1 + 1 tokens/frame)",
+            "g = 2 (1 + 4 tokens/frame)", SHORT_VIDEO_TASKS, {}, ("data.0.video.content_grid=2",),
+            {"video_overrides": {"content_grid": 2}}, train_tasks=SHORT_VIDEO_TASKS,
+        ),
+    )
+}  # fmt: skip
+
+
+def _once(done: Path, name: str, run: Callable[[], None]) -> None:
+    if done.exists():
+        print(f"  {name}: already done, reused", flush=True)
+        return
+    print(f"  {name} ...", flush=True)
+    started = time.perf_counter()
+    run()
+    print(f"  {name}: done in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def run_ablation(demo: Path, ablation: Ablation, *, deepspeed: bool = True) -> dict[str, Any]:
+    """Train (or reuse) the variant of ``ablation`` and return both models' accuracies on its tasks."""
+    world, folder = demo / "world", demo / "ablations" / ablation.name
+    folder.mkdir(parents=True, exist_ok=True)
+    stage1 = demo / "stage1"
+    if ablation.preset_changes:
+        preset = write_preset(demo / "vision_tower", folder / "model.yaml", **ablation.preset_changes)
+        stage1 = folder / "stage1"
+        _once(stage1 / "final", "stage 1", lambda: train_stage(
+            DEMO_STAGE1,
+            [f"model={preset}", f"output_dir={stage1}", *data_overrides(world, "captions.jsonl"), *ablation.stage_overrides],
+            deepspeed=deepspeed,
+        ))  # fmt: skip
+    train_file = "train.jsonl"
+    if ablation.train_tasks:
+        train_file = _subset(world, folder, ablation.train_tasks)
+    baseline = demo / "stage2" / "final"
+    if ablation.train_tasks:  # the demo's model saw every task: train a baseline on the same subset
+        baseline = folder / "baseline" / "stage2" / "final"
+        _once(baseline, "stage 2 (baseline)", lambda: train_stage(
+            DEMO_STAGE2,
+            [f"model={demo / 'stage1' / 'final'}", f"output_dir={baseline.parent}", *data_overrides(world, train_file)],
+            deepspeed=deepspeed,
+        ))  # fmt: skip
+    stage2 = folder / "stage2"
+    _once(stage2 / "final", "stage 2", lambda: train_stage(
+        DEMO_STAGE2,
+        [f"model={stage1 / 'final'}", f"output_dir={stage2}", *data_overrides(world, train_file), *ablation.stage_overrides],
+        deepspeed=deepspeed,
+    ))  # fmt: skip
+    tasks = list(ablation.tasks)
+    _once(folder / "eval_baseline", "evaluate the baseline", lambda: evaluate_into(
+        world, baseline, folder / "eval_baseline", tasks=tasks, progress=False
+    ))  # fmt: skip
+    _once(folder / "eval_variant", "evaluate the variant", lambda: evaluate_into(
+        world, stage2 / "final", folder / "eval_variant", tasks=tasks, progress=False, **ablation.evaluate_options
+    ))  # fmt: skip
+    scores = {}
+    for side in ("baseline", "variant"):
+        report = json.loads((folder / f"eval_{side}" / "eval.json").read_text(encoding="utf-8"))
+        scores[side] = {task: report["tasks"][task] for task in tasks}
+    return {"ablation": ablation.name, "what": ablation.what, "baseline": ablation.baseline, "variant": ablation.variant,
+            "tasks": tasks, "trained_on": list(ablation.train_tasks) or "every task", "scores": scores}  # fmt: skip
+
+
+def _subset(world: Path, folder: Path, tasks: tuple[str, ...]) -> str:
+    """Write the world's train records of ``tasks`` to ``folder`` and return that file relative to the world
+    (as ``data_overrides`` takes it; media paths stay relative to the world)."""
+    records = [line for line in (world / "train.jsonl").read_text(encoding="utf-8").splitlines()
+               if json.loads(line).get("task") in tasks]  # fmt: skip
+    if not records:
+        raise ValueError(f"{world / 'train.jsonl'} holds no records of the tasks {list(tasks)}")
+    path = folder / "train_subset.jsonl"
+    path.write_text("\n".join(records) + "\n", encoding="utf-8")
+    return str(path.resolve())
+
+
+def markdown_table(results: Sequence[dict[str, Any]]) -> str:
+    lines = ["| ablation | stage 2 trained on | task | n | chance | baseline | accuracy | variant | accuracy | difference |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for result in results:
+        for task in result["tasks"]:
+            base, variant = result["scores"]["baseline"][task], result["scores"]["variant"][task]
+            difference = 100 * (base["accuracy"] - variant["accuracy"])
+            lines.append(
+                f"| {result['ablation']} | {', '.join(result['trained_on']) if isinstance(result['trained_on'], list) else result['trained_on']} "
+                f"| {task} | {base['n']} | {100 * base['chance']:.1f}% | {result['baseline']} | "
+                f"{100 * base['accuracy']:.1f}% | {result['variant']} | {100 * variant['accuracy']:.1f}% | {difference:+.1f} pts |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--demo", type=Path, default=Path("runs/demo"), help="a finished `llava-vid demo` folder")
+    parser.add_argument("--only", default=",".join(ABLATIONS), help=f"comma-separated, of {','.join(ABLATIONS)}")
+    args = parser.parse_args(argv)
+    names = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ABLATIONS]
+    if unknown:
+        parser.error(f"--only: unknown ablation(s) {unknown}; expected some of {list(ABLATIONS)}")
+    if not (args.demo / "stage2" / "final").is_dir() or not (args.demo / "eval").is_dir():
+        parser.error(f"--demo {args.demo}: not a finished demo (run `llava-vid demo --out {args.demo}` first)")
+    # The variants use the full demo's recipe, so the baseline must be a full demo, trained the same way.
+    deepspeed = json.loads((args.demo / SETTINGS_FILE).read_text(encoding="utf-8")).get("deepspeed", True)
+    try:
+        claim_folder(args.demo, FULL, deepspeed=deepspeed)
+    except ValueError as error:
+        parser.error(f"--demo {args.demo}: {error}")
+    results = []
+    for name in names:
+        print(f"[{name}] {ABLATIONS[name].what}", flush=True)
+        results.append(run_ablation(args.demo, ABLATIONS[name], deepspeed=deepspeed))
+    table = markdown_table(results)
+    out = args.demo / "ablations"
+    (out / "ablations.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (out / "ablations.md").write_text(table + "\n", encoding="utf-8")
+    print("\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
