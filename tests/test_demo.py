@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,31 @@ def test_a_foreign_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["demo", "--smoke", "--out", str(tmp_path)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def _ablations_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_ablations", Path(__file__).resolve().parents[1] / "tools" / "demo_ablations.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablations_refuse_a_demo_not_made_with_the_full_settings(smoke_run: tuple[Path, str], capsys) -> None:
+    out, _ = smoke_run
+    with pytest.raises(SystemExit):
+        _ablations_tool().main(["--demo", str(out)])
+    assert "other settings" in capsys.readouterr().err
+    assert not (out / "ablations").exists()  # nothing trained
+
+
+def test_ablation_subset_keeps_only_the_named_tasks(smoke_run: tuple[Path, str], tmp_path: Path) -> None:
+    out, _ = smoke_run
+    tool = _ablations_tool()
+    path = Path(tool._subset(out / "world", tmp_path, tool.SHORT_VIDEO_TASKS))
+    tasks = {json.loads(line)["task"] for line in path.read_text().splitlines()}
+    assert tasks == set(tool.SHORT_VIDEO_TASKS)
+    with pytest.raises(ValueError, match="no records"):
+        tool._subset(out / "world", tmp_path, ("no_such_task",))

@@ -152,7 +152,7 @@ def _subset(world: Path, folder: Path, tasks: tuple[str, ...]) -> str:
 
 
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
-    lines = ["| ablation | stage 2 trained on | task | n | chance | baseline | accuracy | variant | accuracy | difference |",
+    lines = ["| ablation | stage 2 trained on | task | n | chance | baseline | accuracy | variant | accuracy | baseline − variant |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for result in results:
         for task in result["tasks"]:
