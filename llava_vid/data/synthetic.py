@@ -1044,7 +1044,7 @@ def _parse_counts(values: Sequence[str], defaults: Mapping[str, int], flag: str)
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = WorldOptions()
-    parser = argparse.ArgumentParser(prog="llava-vid synthetic", description="Generate the synthetic image/video QA world.")
+    parser = argparse.ArgumentParser(prog="llava-vid world", description="Generate the synthetic image/video QA world.")
     parser.add_argument("--out", required=True, type=Path, help="output folder (must be empty, or see --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier world in --out")
     parser.add_argument("--seed", type=int, default=defaults.seed)
