@@ -36,8 +36,21 @@ from typing import Any, Callable
 import yaml
 
 from llava_vid.atomic import write_folder_atomically
+from llava_vid.data.synthetic import QA_TASKS
 
-__all__ = ["DemoSettings", "FULL", "SMOKE", "claim_folder", "data_overrides", "evaluate_into", "run_demo", "train_stage", "write_preset"]
+__all__ = [
+    "DemoSettings",
+    "FULL",
+    "SMOKE",
+    "Step",
+    "claim_folder",
+    "data_overrides",
+    "evaluate_into",
+    "run_demo",
+    "run_steps",
+    "train_stage",
+    "write_preset",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
@@ -69,16 +82,14 @@ class DemoSettings:
 FULL = DemoSettings()
 SMOKE = DemoSettings(
     world={
-        "train_counts": {task: 4 for task in ("video_colour", "video_shape", "video_motion", "video_order",
-                                              "needle", "document_word", "compare_count", "compare_colour")},
-        "heldout_counts": {task: 2 for task in ("video_colour", "video_shape", "video_motion", "video_order",
-                                                "needle", "document_word", "compare_count", "compare_colour")},
+        "train_counts": {task: 4 for task in QA_TASKS},
+        "heldout_counts": {task: 2 for task in QA_TASKS},
         "caption_images": 16,
         "caption_videos": 4,
         "vision_pairs": 64,
         "vision_heldout_pairs": 16,
         "long_video_frames": 24,
-    },  # fmt: skip
+    },
     vision={"steps": 4, "batch_size": 16},
     stage1=("max_steps=2", "save_steps=1"),
     stage2=("max_steps=2", "save_steps=1"),
@@ -88,7 +99,9 @@ SMOKE = DemoSettings(
 
 # ------------------------------------------------------------------------------------------ steps
 @dataclass(frozen=True)
-class _Step:
+class Step:
+    """One step of a pipeline of folders, each made from the ones before it."""
+
     name: str
     result: Path
     """What the step leaves behind; it exists only once the step finished (written atomically)."""
@@ -98,12 +111,13 @@ class _Step:
     so a stage redone on a new base does not resume from checkpoints of the old one."""
 
 
-def _run_steps(steps: list[_Step]) -> None:
+def run_steps(steps: list[Step], *, total: int | None = None, prefix: str = "") -> None:
     """Run each step unless its result exists. A step that runs makes every later result stale (they
-    were made from what it replaces), so those are deleted and redone, never reused."""
+    were made from what it replaces), so those are deleted and redone, never reused. Steps are printed
+    as ``prefix[k/total] name`` (``total`` defaults to the number of steps)."""
     redone = False
     for number, step in enumerate(steps, start=1):
-        label = f"[{number}/{len(steps) + 1}] {step.name}"
+        label = f"{prefix}[{number}/{total or len(steps)}] {step.name}"
         if step.result.exists() and not redone:
             print(f"{label}: already done, reused", flush=True)
             continue
@@ -275,22 +289,22 @@ def run_demo(out: str | os.PathLike, *, smoke: bool = False, deepspeed: bool = T
     started = time.perf_counter()
 
     preset = out / "model.yaml"
-    _run_steps([
-        _Step("synthetic world", world, lambda: _make_world(world, settings)),
-        _Step("vision tower (contrastive pretraining)", tower, lambda: _pretrain_tower(world, tower, settings)),
-        _Step("stage 1: align projector + compressor", stage1 / "final", folder=stage1, run=lambda: train_stage(
+    run_steps([
+        Step("synthetic world", world, lambda: _make_world(world, settings)),
+        Step("vision tower (contrastive pretraining)", tower, lambda: _pretrain_tower(world, tower, settings)),
+        Step("stage 1: align projector + compressor", stage1 / "final", folder=stage1, run=lambda: train_stage(
             DEMO_STAGE1,
             [f"model={write_preset(tower, preset)}", f"output_dir={stage1}", *data_overrides(world, "captions.jsonl"),
              *settings.stage1],
             deepspeed=deepspeed,
         )),
-        _Step("stage 2: instruction tuning", stage2 / "final", folder=stage2, run=lambda: train_stage(
+        Step("stage 2: instruction tuning", stage2 / "final", folder=stage2, run=lambda: train_stage(
             DEMO_STAGE2,
             [f"model={stage1 / 'final'}", f"output_dir={stage2}", *data_overrides(world, "train.jsonl"), *settings.stage2],
             deepspeed=deepspeed,
         )),
-        _Step("held-out evaluation", evaluation, lambda: evaluate_into(world, stage2 / "final", evaluation, limit=settings.eval_limit)),
-    ])  # fmt: skip
+        Step("held-out evaluation", evaluation, lambda: evaluate_into(world, stage2 / "final", evaluation, limit=settings.eval_limit)),
+    ], total=6)  # fmt: skip  (the sixth, the three answers, always runs)
     print("\n" + format_table(read_report(evaluation)))
     print(f"(chart: {evaluation / 'eval.png'}; loss curves: {stage1 / 'loss_curve.png'}, {stage2 / 'loss_curve.png'})")
     print("\n[6/6] three answers from the trained model")

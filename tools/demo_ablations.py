@@ -23,25 +23,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llava_vid.data.synthetic import TASKS
 from llava_vid.demo import (
     DEMO_STAGE1,
     DEMO_STAGE2,
     FULL,
     SETTINGS_FILE,
+    Step,
     claim_folder,
     data_overrides,
     evaluate_into,
+    run_steps,
     train_stage,
     write_preset,
 )
 
-SHORT_VIDEO_TASKS = ("video_colour", "video_shape", "video_motion", "video_order")
+SHORT_VIDEO_TASKS = tuple(name for name, spec in TASKS.items() if spec.media == "video")
 
 
 @dataclass(frozen=True)
@@ -84,53 +86,46 @@ ABLATIONS: dict[str, Ablation] = {
 }  # fmt: skip
 
 
-def _once(done: Path, name: str, run: Callable[[], None]) -> None:
-    if done.exists():
-        print(f"  {name}: already done, reused", flush=True)
-        return
-    print(f"  {name} ...", flush=True)
-    started = time.perf_counter()
-    run()
-    print(f"  {name}: done in {time.perf_counter() - started:.0f} s", flush=True)
-
-
 def run_ablation(demo: Path, ablation: Ablation, *, deepspeed: bool = True) -> dict[str, Any]:
     """Train (or reuse) the variant of ``ablation`` and return both models' accuracies on its tasks."""
     world, folder = demo / "world", demo / "ablations" / ablation.name
     folder.mkdir(parents=True, exist_ok=True)
+    train_file = _subset(world, folder, ablation.train_tasks) if ablation.train_tasks else "train.jsonl"
+    steps = []
     stage1 = demo / "stage1"
     if ablation.preset_changes:
         preset = write_preset(demo / "vision_tower", folder / "model.yaml", **ablation.preset_changes)
         stage1 = folder / "stage1"
-        _once(stage1 / "final", "stage 1", lambda: train_stage(
+        steps.append(Step("stage 1", stage1 / "final", folder=stage1, run=lambda: train_stage(
             DEMO_STAGE1,
             [f"model={preset}", f"output_dir={stage1}", *data_overrides(world, "captions.jsonl"), *ablation.stage_overrides],
             deepspeed=deepspeed,
-        ))  # fmt: skip
-    train_file = "train.jsonl"
-    if ablation.train_tasks:
-        train_file = _subset(world, folder, ablation.train_tasks)
-    baseline = demo / "stage2" / "final"
-    if ablation.train_tasks:  # the demo's model saw every task: train a baseline on the same subset
-        baseline = folder / "baseline" / "stage2" / "final"
-        _once(baseline, "stage 2 (baseline)", lambda: train_stage(
-            DEMO_STAGE2,
-            [f"model={demo / 'stage1' / 'final'}", f"output_dir={baseline.parent}", *data_overrides(world, train_file)],
-            deepspeed=deepspeed,
-        ))  # fmt: skip
+        )))  # fmt: skip
     stage2 = folder / "stage2"
-    _once(stage2 / "final", "stage 2", lambda: train_stage(
+    steps.append(Step("stage 2", stage2 / "final", folder=stage2, run=lambda: train_stage(
         DEMO_STAGE2,
         [f"model={stage1 / 'final'}", f"output_dir={stage2}", *data_overrides(world, train_file), *ablation.stage_overrides],
         deepspeed=deepspeed,
-    ))  # fmt: skip
+    )))  # fmt: skip
+    baseline = demo / "stage2" / "final"
+    if ablation.train_tasks:  # the demo's model saw every task: train a baseline on the same subset
+        baseline_stage2 = folder / "baseline" / "stage2"
+        baseline = baseline_stage2 / "final"
+        steps.append(Step("stage 2 (baseline)", baseline, folder=baseline_stage2, run=lambda: train_stage(
+            DEMO_STAGE2,
+            [f"model={demo / 'stage1' / 'final'}", f"output_dir={baseline_stage2}", *data_overrides(world, train_file)],
+            deepspeed=deepspeed,
+        )))  # fmt: skip
     tasks = list(ablation.tasks)
-    _once(folder / "eval_baseline", "evaluate the baseline", lambda: evaluate_into(
-        world, baseline, folder / "eval_baseline", tasks=tasks, progress=False
-    ))  # fmt: skip
-    _once(folder / "eval_variant", "evaluate the variant", lambda: evaluate_into(
-        world, stage2 / "final", folder / "eval_variant", tasks=tasks, progress=False, **ablation.evaluate_options
-    ))  # fmt: skip
+    steps += [
+        Step("evaluate the baseline", folder / "eval_baseline", lambda: evaluate_into(
+            world, baseline, folder / "eval_baseline", tasks=tasks, progress=False
+        )),
+        Step("evaluate the variant", folder / "eval_variant", lambda: evaluate_into(
+            world, stage2 / "final", folder / "eval_variant", tasks=tasks, progress=False, **ablation.evaluate_options
+        )),
+    ]  # fmt: skip
+    run_steps(steps, prefix="  ")
     scores = {}
     for side in ("baseline", "variant"):
         report = json.loads((folder / f"eval_{side}" / "eval.json").read_text(encoding="utf-8"))

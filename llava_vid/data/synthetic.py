@@ -58,6 +58,8 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from llava_vid.checks import check_int, check_number
+
 __all__ = [
     "COLOURS",
     "QA_TASKS",
@@ -234,14 +236,11 @@ class WorldOptions:
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"WorldOptions.{name} must be an integer >= {minimum}, got {value!r}")
+    check_int(f"WorldOptions.{name}", value, minimum=minimum)
 
 
 def _check_number(name: str, value: object, *, minimum: float, maximum: float = math.inf) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or not minimum <= value <= maximum:
-        raise ValueError(f"WorldOptions.{name} must be a finite number in [{minimum}, {maximum}], got {value!r}")
+    check_number(f"WorldOptions.{name}", value, minimum=minimum, maximum=maximum)
 
 
 def _checked_counts(name: str, counts: Mapping[str, int]) -> dict[str, int]:

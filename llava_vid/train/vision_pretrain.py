@@ -40,6 +40,7 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig, get_cosine_schedule_with_warmup
 
 from llava_vid.atomic import write_folder_atomically
+from llava_vid.checks import check_int, check_number
 from llava_vid.processing.image_processor import LlavaVidImageProcessor
 
 __all__ = ["VisionPretrainConfig", "WordVocabulary", "load_pairs", "pretrain_vision_tower", "format_eval_table"]
@@ -96,9 +97,7 @@ class VisionPretrainConfig:
         _check_int("seed", self.seed, minimum=0)
         _check_int("threads", self.threads, minimum=0)
         for name in ("learning_rate", "weight_decay"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"VisionPretrainConfig.{name} must be a finite number >= 0, got {value!r}")
+            check_number(f"VisionPretrainConfig.{name}", getattr(self, name), minimum=0.0)
         if self.learning_rate == 0:
             raise ValueError("VisionPretrainConfig.learning_rate must be > 0, got 0")
         if self.image_size % self.patch_size:
@@ -136,8 +135,7 @@ class VisionPretrainConfig:
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"VisionPretrainConfig.{name} must be an integer >= {minimum}, got {value!r}")
+    check_int(f"VisionPretrainConfig.{name}", value, minimum=minimum)
 
 
 # ------------------------------------------------------------------------------------------ text
