@@ -146,6 +146,23 @@ def test_needle_is_where_claimed(world) -> None:
         assert change[record["needle_frame"]] > 5 * others.max()
 
 
+def test_train_needles_vary_in_length_heldout_ones_do_not(world) -> None:
+    """Train needle videos run from needle_train_shortest × long_video_frames to long_video_frames (the
+    needle inside); every held-out one is long_video_frames long."""
+    shortest = round(SMALL.needle_train_shortest * SMALL.long_video_frames)
+    records = [record for record in read_records(world.train_file) if record["task"] == "needle"]
+    lengths = []
+    for record in records:
+        clip = load_video(world.root / record["video"], FrameSampling(fps=SMALL.long_video_fps))
+        assert shortest <= len(clip.frames) <= SMALL.long_video_frames
+        assert 0 <= record["needle_frame"] < len(clip.frames)
+        lengths.append(len(clip.frames))
+    assert len(set(lengths)) > 1
+    heldout = world.heldout_files["needle"]
+    for record in read_records(heldout):
+        assert load_video(heldout.parent / record["video"], FrameSampling(fps=SMALL.long_video_fps)).total_frames == SMALL.long_video_frames
+
+
 def test_motion_goes_the_claimed_way(world) -> None:
     path = world.heldout_files["video_motion"]
     for record in read_records(path):
@@ -225,12 +242,14 @@ def test_answers_are_balanced(tmp_path: Path) -> None:
         ({"video_fps": 0.0}, "video_fps"),
         ({"needle_span": 0}, "needle_span"),
         ({"long_video_frames": 3, "needle_span": 5}, "long_video_frames"),
+        ({"needle_train_shortest": 0.0}, "needle_train_shortest"),
+        ({"needle_train_shortest": 1.5}, "needle_train_shortest"),
         ({"train_counts": {"video_colour": 3}}, "train_counts"),
         ({"heldout_counts": {task: -2 for task in QA_TASKS}}, "heldout_counts"),
         ({"seed": True}, "seed"),
         ({"vision_pairs": -1}, "vision_pairs"),
         ({"vision_heldout_pairs": 1.5}, "vision_heldout_pairs"),
-        ({"page_size": 100}, "page_size"),  # vision pairs need a page of at least 2 × 2 tiles
+        ({"page_size": 150}, "page_size"),  # vision pairs need a page of at least 3 × 3 tiles
     ],
 )
 def test_invalid_options_name_the_option(change: dict, name: str) -> None:
@@ -271,7 +290,7 @@ def _expected_caption(record: dict) -> str:
     labels = record["labels"]
     article = {"orange": "an", "arrow": "an"}
     if record["group"] == "shape":
-        return f"{article.get(labels['colour'], 'a')} {labels['colour']} {labels['shape']}"
+        return f"{article.get(labels['colour'], 'a')} {labels['colour']} {labels['shape']} {labels['position']}"
     if record["group"] == "symbol":
         return f"{article.get(labels['symbol'], 'a')} {labels['symbol']}"
     if record["group"] == "count":
@@ -288,9 +307,10 @@ def test_vision_pairs_cover_every_group_at_view_size(world) -> None:
     assert world.vision_heldout_file.parent == world.root / "heldout"
     groups = Counter(record["group"] for record in train)
     assert set(groups) == set(VISION_GROUPS)
-    assert groups["word"] > groups["shape"] > groups["empty"]  # the hard groups get the most pairs
+    assert groups["shape"] > groups["word"] > groups["count"] > groups["empty"]  # the hard groups get the most pairs
     values = {"colour": set(COLOURS), "shape": set(SHAPES), "symbol": set(SYMBOLS), "word": set(WORDS),
-              "count": {"one", "two", "three", "four"}, "empty": {"empty"}, "blank": {"blank"}}
+              "count": {"one", "two", "three", "four"}, "empty": {"empty"}, "blank": {"blank"},
+              "position": {"on the left", "in the middle", "on the right"}}
     for records, jsonl in ((train, world.vision_pairs_file), (heldout, world.vision_heldout_file)):
         for record in records:
             assert record["caption"] == _expected_caption(record)
@@ -299,27 +319,49 @@ def test_vision_pairs_cover_every_group_at_view_size(world) -> None:
             assert image.size == (SMALL.image_size, SMALL.image_size) and image.mode == "RGB"
 
 
-def test_vision_page_tiles_hold_the_word_or_nothing(world) -> None:
-    """Word tiles carry the word's pure black glyphs at document_word's type size; blank tiles only paper
-    and grey marks (never black)."""
-    def black_rows(path: Path) -> np.ndarray:
-        return np.nonzero((np.asarray(Image.open(path).convert("L")) == 0).any(axis=1))[0]
+def test_shape_pairs_say_which_third_the_shape_is_in(world) -> None:
+    """The caption's position is the third of the width holding the shape's centre (its coloured pixels)."""
+    seen = set()
+    for jsonl in (world.vision_pairs_file, world.vision_heldout_file):
+        for record in _jsonl(jsonl):
+            if record["group"] != "shape":
+                continue
+            pixels = np.asarray(Image.open(jsonl.parent / record["image"])).astype(int)
+            columns = np.nonzero((pixels.max(axis=2) - pixels.min(axis=2) > 60).any(axis=0))[0]  # saturated: the shape
+            centre = (columns.min() + columns.max() + 1) / 2 / SMALL.image_size
+            expected = "on the left" if centre < 1 / 3 else "on the right" if centre > 2 / 3 else "in the middle"
+            if min(abs(centre - 1 / 3), abs(centre - 2 / 3)) > 0.03:  # a pixel of rounding either side of a boundary
+                assert record["labels"]["position"] == expected, (record["id"], centre)
+            seen.add(record["labels"]["position"])
+    assert len(seen) == 3
 
-    page_heights = {int(rows.max() - rows.min()) for rows in map(black_rows, _media_paths(world.heldout_files["document_word"]))}
+
+def test_vision_page_tiles_hold_the_word_or_nothing(world) -> None:
+    """Word tiles carry at least half of the word's pure black glyphs (the tile holding its centre: some
+    words are cut by the tile edge, as a third of document_word's are); blank tiles only paper and grey
+    marks (never black)."""
+    def black_columns(pixels: np.ndarray) -> np.ndarray:
+        return np.nonzero((pixels == 0).any(axis=0))[0]
+
+    page_widths = [np.ptp(black_columns(np.asarray(Image.open(path).convert("L")))) + 1 for path in _media_paths(world.heldout_files["document_word"])]
     seen = Counter()
     for jsonl in (world.vision_pairs_file, world.vision_heldout_file):
         for record in _jsonl(jsonl):
             if record["group"] not in ("word", "blank"):
                 continue
-            path = jsonl.parent / record["image"]
-            assert np.median(np.asarray(Image.open(path).convert("L"))) >= 220  # light paper
-            rows = black_rows(path)
-            if record["group"] == "word":  # glyph extent (ascender to descender) as on the pages, ± 1 px
-                assert len(rows) and any(abs(int(rows.max() - rows.min()) - height) <= 1 for height in page_heights)
+            pixels = np.asarray(Image.open(jsonl.parent / record["image"]).convert("L"))
+            assert np.median(pixels) >= 220  # light paper
+            if record["group"] == "word":
+                columns = np.nonzero((pixels == 0).any(axis=0))[0]
+                rows = np.nonzero((pixels == 0).any(axis=1))[0]
+                assert len(columns) and np.ptp(columns) + 1 >= min(page_widths) // 2 - 1
+                edge = pixels.shape[0] - 1
+                if min(columns.min(), rows.min()) == 0 or max(columns.max(), rows.max()) == edge:
+                    seen["cut word"] += 1
             else:
-                assert not len(rows)
+                assert not (pixels == 0).any()
             seen[record["group"]] += 1
-    assert seen["word"] and seen["blank"]
+    assert seen["word"] and seen["blank"] and seen["cut word"]
 
 
 def test_vision_pairs_do_not_change_the_qa_data(world, tmp_path: Path) -> None:

@@ -14,7 +14,18 @@ import yaml
 from transformers import CLIPVisionModel
 
 from llava_vid.data.synthetic import QA_TASKS, WorldOptions, generate_world
-from llava_vid.train.vision_pretrain import EVAL_FILE, SETTINGS_FILE, VisionPretrainConfig, WordVocabulary, pretrain_vision_tower
+from transformers import CLIPModel
+
+from llava_vid.train.vision_pretrain import (
+    _distinct_caption_batches,
+    EVAL_FILE,
+    SETTINGS_FILE,
+    VisionPretrainConfig,
+    WordVocabulary,
+    contrastive_loss,
+    image_text_logits,
+    pretrain_vision_tower,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +64,7 @@ def test_saved_tower_loads_as_clip_vision_model(tower: Path) -> None:
 
 def test_eval_report_has_every_group(tower: Path, pairs: Path) -> None:
     report = json.loads((tower / EVAL_FILE).read_text())
-    assert set(report["attributes"]) == {"colour", "shape", "symbol", "count", "word", "empty", "blank"}
+    assert set(report["attributes"]) == {"colour", "shape", "position", "symbol", "count", "word", "empty", "blank"}
     assert report["eval_file"] == str(pairs.parent / "heldout" / pairs.name) and not report["evaluated_on_training_pairs"]
     assert report["pairs"] == PAIRS_ONLY.vision_heldout_pairs and report["candidates"] >= 20
     assert all(0.0 <= result["accuracy"] <= 1.0 and result["count"] > 0 for result in report["attributes"].values())
@@ -102,10 +113,58 @@ def test_contrastive_loss_goes_down(pairs: Path, tmp_path: Path) -> None:
     assert last < 0.8 * first, (first, last)
 
 
+def _tiny_clip() -> tuple[CLIPModel, torch.Tensor, torch.Tensor, torch.Tensor]:
+    vocabulary = WordVocabulary(["a red circle", "a blue square", "the word cat"])
+    torch.manual_seed(0)
+    model = CLIPModel(TINY.clip_config(vocabulary)).eval()
+    input_ids, mask = vocabulary.encode(["a red circle", "a blue square", "the word cat"])
+    return model, torch.randn(3, 3, TINY.image_size, TINY.image_size), input_ids, mask
+
+
+def test_cls_pooling_is_transformers_clip_loss() -> None:
+    model, pixels, input_ids, mask = _tiny_clip()
+    ours = contrastive_loss(image_text_logits(model, "cls", pixels, input_ids, mask))
+    theirs = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, return_loss=True).loss
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_patch_mean_pooling_trains_the_patch_tokens_not_the_cls_token() -> None:
+    """The embedding is the mean of the last layer's patch tokens: it changes when only those change,
+    and the CLS output gets no gradient (the reverse of CLIP's own pooling)."""
+    model, pixels, input_ids, mask = _tiny_clip()
+    outputs = []
+
+    def keep(module: torch.nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+        tensor = output[0] if isinstance(output, tuple) else output
+        tensor.retain_grad()
+        outputs.append(tensor)
+
+    handle = model.vision_model.encoder.layers[-1].register_forward_hook(keep)
+    try:
+        contrastive_loss(image_text_logits(model, "patch_mean", pixels, input_ids, mask)).backward()
+    finally:
+        handle.remove()
+    grad = outputs[0].grad  # (B, 1 + P, D): the last layer's output
+    assert torch.count_nonzero(grad[:, 0]) == 0 and torch.count_nonzero(grad[:, 1:]) > 0
+    # Every patch token gets the same gradient: the mean weighs them alike.
+    torch.testing.assert_close(grad[:, 1:], grad[:, 1:2].expand_as(grad[:, 1:]))
+
+
 def test_same_seed_gives_the_same_tower(pairs: Path, tower: Path, tmp_path: Path) -> None:
     again = pretrain_vision_tower(pairs, tmp_path / "again", TINY, progress=False)
     first, second = CLIPVisionModel.from_pretrained(tower).state_dict(), CLIPVisionModel.from_pretrained(again).state_dict()
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_batches_hold_distinct_captions_drawn_by_their_share_of_pairs() -> None:
+    """Forty pairs of one caption and one each of forty others: batches of 8 distinct captions nearly always
+    hold the common one (drawn by its share), where a uniform draw of captions would take it 8/41 of the time."""
+    captions = ["common"] * 40 + [f"rare {k}" for k in range(40)]
+    batches = _distinct_caption_batches(captions, batch_size=8, steps=400, rng=np.random.default_rng(0))
+    for rows in batches:
+        assert len(rows) == 8 and len({captions[row] for row in rows}) == 8
+    with_common = np.mean([any(captions[row] == "common" for row in rows) for rows in batches])
+    assert with_common > 0.95, with_common
 
 
 def test_word_vocabulary_pools_at_eos() -> None:
@@ -128,6 +187,7 @@ def test_word_vocabulary_pools_at_eos() -> None:
         ({"learning_rate": float("nan")}, "learning_rate"),
         ({"seed": True}, "seed"),
         ({"text_heads": 3}, "text_hidden_size"),
+        ({"pooling": "mean"}, "pooling"),
     ],
 )
 def test_bad_config_names_the_field(change: dict, name: str) -> None:

@@ -18,8 +18,8 @@ where this PyAV build lacks libx264) and LLaVA-format JSONL datasets that
 Vision pairs (:data:`VISION_GROUPS`) show what the downstream tasks need the tower to tell apart, at the
 resolution it sees: coloured shapes ("a red circle"), needle-style symbol frames ("a star"), frames with
 nothing in them ("an empty frame"), circle counts ("three circles"), and 56 px tiles cut from full-size
-document pages rendered exactly like ``document_word``'s ("the word cat", or "a blank page" for a tile with
-only distractor marks). Each record: ``id``, ``image``, ``caption``, ``group`` and ``labels`` (attribute →
+document pages rendered exactly like ``document_word``'s ("the word cat" for the tile holding the word's
+centre, whole or cut by the tile edge, or "a blank page" for a tile with only distractor marks). Each record: ``id``, ``image``, ``caption``, ``group`` and ``labels`` (attribute →
 value, e.g. ``{"colour": "red", "shape": "circle"}``).
 
 Records carry two extra keys the loader ignores: ``task`` and ``answer`` (needle records also
@@ -94,6 +94,7 @@ SYMBOLS: tuple[str, ...] = ("star", "cross", "ring", "arrow")
 WORDS: tuple[str, ...] = ("cat", "sun", "dog", "map", "box", "key", "cup", "hat", "pen", "car")
 ORDINALS: tuple[str, ...] = ("first", "second", "third")
 COUNT_WORDS: tuple[str, ...] = ("one", "two", "three", "four")
+POSITIONS: tuple[str, ...] = ("on the left", "in the middle", "on the right")
 
 
 @dataclass(frozen=True)
@@ -127,22 +128,24 @@ TASKS: dict[str, TaskSpec] = {
 QA_TASKS: tuple[str, ...] = tuple(TASKS)
 CAPTION = "caption"  # the stage-1 pseudo-task (open answers, train only)
 VISION = "vision_pairs"  # the vision-pretraining pseudo-task (image/caption pairs, own files)
-# Kinds of vision pair and how many of each per round of 12: words (10-way, small type) and counts are the
-# hardest to learn, so they get the most; shapes cover 24 colour × shape combinations.
-_VISION_PLAN: tuple[str, ...] = ("shape",) * 3 + ("symbol", "empty") + ("count",) * 2 + ("word",) * 4 + ("blank",)
+# Kinds of vision pair and how many of each per round of 14: shapes cover 72 colour × shape × position
+# captions and words (10-way, small type) are hard to read, so they get the most; then counts.
+_VISION_PLAN: tuple[str, ...] = ("shape",) * 5 + ("symbol", "empty") + ("count",) * 2 + ("word",) * 4 + ("blank",)
 VISION_GROUPS: tuple[str, ...] = ("shape", "symbol", "empty", "count", "word", "blank")
 
 # The relational yes/no-style tasks (motion, same colour) were at chance with 300/600 samples while the
 # others learned; their samples are the cheapest to train on (a few 56 px views), so they get the most.
+# Needles: 750 clips of 16–256 frames (see needle_train_shortest) cost about what 300 of 256 frames did;
+# they are most of stage 2's time (every frame goes through the tower and the Q-Former).
 _DEFAULT_TRAIN_COUNTS: dict[str, int] = {
     "video_colour": 300,
     "video_shape": 300,
-    "video_motion": 1200,
+    "video_motion": 800,
     "video_order": 300,
-    "needle": 300,
+    "needle": 750,
     "document_word": 900,
     "compare_count": 600,
-    "compare_colour": 1500,
+    "compare_colour": 1200,
 }
 _DEFAULT_HELDOUT_COUNTS: dict[str, int] = {task: 60 for task in QA_TASKS}
 
@@ -163,9 +166,9 @@ class WorldOptions:
     """Stage-1 caption records with a short video of one shape."""
     caption_mix_ratio: float = 0.2
     """Share of the caption records also put into train.jsonl (keeps stage 2 from forgetting stage 1)."""
-    vision_pairs: int = 6000
+    vision_pairs: int = 7000
     """Image/caption pairs in vision_pairs.jsonl (contrastive vision-tower pretraining)."""
-    vision_heldout_pairs: int = 600
+    vision_heldout_pairs: int = 700
     """Held-out image/caption pairs in heldout/vision_pairs.jsonl (zero-shot evaluation)."""
     image_size: int = 56
     page_size: int = 168
@@ -177,6 +180,12 @@ class WorldOptions:
     video_frames: int = 12
     video_fps: float = 6.0
     long_video_frames: int = 256
+    """Frames of every held-out needle video, and the most a train needle video has."""
+    needle_train_shortest: float = 0.0625
+    """The shortest train needle video as a share of ``long_video_frames`` (0.0625: 16 of 256 frames): train
+    lengths are drawn log-uniformly between the two (1.0: every train video is as long as the held-out
+    ones). In a short video the needle is a larger share of the tokens, so the model learns where to look
+    from a clearer signal and at a fraction of the cost; the long ones teach it to look that far."""
     long_video_fps: float = 1.0
     needle_span: int = 1
     """Consecutive frames of the long video that show the symbol."""
@@ -200,8 +209,9 @@ class WorldOptions:
         _check_int("page_size", self.page_size, minimum=max(64, 6 * self.font_size))
         _check_int("distractor_marks", self.distractor_marks, minimum=0)
         if self.vision_pairs or self.vision_heldout_pairs:
-            # Page tiles for the vision pairs: a word tile and a different, blank one; a word fits a tile.
-            _check_int("page_size", self.page_size, minimum=2 * self.image_size)
+            # Page tiles for the vision pairs: a word tile, and a blank one beside a word that may touch
+            # 2 × 2 tiles, so at least 3 × 3 of them; a word fits a tile.
+            _check_int("page_size", self.page_size, minimum=3 * self.image_size)
             _check_int("image_size", self.image_size, minimum=4 * self.font_size)
         _check_int("video_size", self.video_size, minimum=32)
         if self.video_size % 2:
@@ -210,6 +220,7 @@ class WorldOptions:
         _check_number("video_fps", self.video_fps, minimum=1e-3)
         _check_int("needle_span", self.needle_span, minimum=1)
         _check_int("long_video_frames", self.long_video_frames, minimum=max(2, self.needle_span))
+        _check_number("needle_train_shortest", self.needle_train_shortest, minimum=1e-3, maximum=1.0)
         _check_number("long_video_fps", self.long_video_fps, minimum=1e-3)
         if self.codec is not None and self.codec not in av.codecs_available:
             raise ValueError(f"WorldOptions.codec {self.codec!r} is not available in this PyAV build")
@@ -542,9 +553,10 @@ def _make_video_order(job: _Job, rng: np.random.Generator) -> _Sample:
 
 def _make_needle(job: _Job, rng: np.random.Generator) -> _Sample:
     """A long, nearly static video (grain, slow brightness drift, one small wandering dot) with one
-    large symbol on ``needle_span`` consecutive frames at a uniformly random position."""
+    large symbol on ``needle_span`` consecutive frames at a uniformly random position. Held out: always
+    ``long_video_frames`` frames; train: a log-uniform length down to ``needle_train_shortest`` of that."""
     options = job.options
-    size, count, span = options.video_size, options.long_video_frames, options.needle_span
+    size, count, span = options.video_size, _needle_frames(job, rng), options.needle_span
     background = _background(rng, size, low=70, high=150, noise=10).astype(np.int16)
     needle_frame = int(rng.integers(0, count - span + 1))
     radius = float(rng.uniform(0.34, 0.44) * size)
@@ -574,12 +586,18 @@ def _make_needle(job: _Job, rng: np.random.Generator) -> _Sample:
     return _Sample(record, (hasher.hexdigest(),))
 
 
-def _document_page(
-    options: WorldOptions, rng: np.random.Generator, word: str, region: tuple[int, int, int, int] | None = None
-) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def _needle_frames(job: _Job, rng: np.random.Generator) -> int:
+    longest = job.options.long_video_frames
+    shortest = max(2, job.options.needle_span, round(job.options.needle_train_shortest * longest))
+    if job.split == "heldout" or shortest >= longest:
+        return longest
+    return int(round(math.exp(rng.uniform(math.log(shortest), math.log(longest)))))
+
+
+def _document_page(options: WorldOptions, rng: np.random.Generator, word: str) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """(page pixels ``(P, P, 3)`` uint8, the word's box with a 4 px margin): black ``font_size`` type on
-    tinted paper at a random place (inside ``region`` = (x0, y0, x1, y1) when given), grey marks around
-    it (not on it). Shared by ``document_word`` and the vision pairs, so both see the same rendering."""
+    tinted paper at a random place, grey marks around it (not on it). Shared by ``document_word`` and the
+    vision pairs, so both see the same rendering."""
     size = options.page_size
     paper = tuple(int(v) for v in rng.integers(225, 256, 3))
     page = Image.new("RGB", (size, size), paper)
@@ -587,9 +605,8 @@ def _document_page(
     draw.fontmode = "1"  # bilevel glyphs: crisp strokes, no anti-aliasing grey
     font = _font(options.font_size)
     left, top, right, bottom = draw.textbbox((0, 0), word, font=font)
-    x0, y0, x1, y1 = region or (0, 0, size, size)
-    x = int(rng.integers(x0 + 4 - left, x1 - 4 - right))
-    y = int(rng.integers(y0 + 4 - top, y1 - 4 - bottom))
+    x = int(rng.integers(4 - left, size - 4 - right))
+    y = int(rng.integers(4 - top, size - 4 - bottom))
     draw.text((x, y), word, font=font, fill=(0, 0, 0))
     word_box = (x + left - 4, y + top - 4, x + right + 4, y + bottom + 4)
     for _ in range(options.distractor_marks):
@@ -713,17 +730,20 @@ def _empty_frame(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _page_tile(options: WorldOptions, rng: np.random.Generator, word: str, show_word: bool) -> np.ndarray:
-    """One ``image_size`` tile of a full-resolution ``document_word`` page, as AnyRes cuts it (the page is
-    a whole number of tiles, so tiles are plain crops): the tile holding the whole word, or a tile the
-    word does not touch (only paper and distractor marks)."""
+    """One ``image_size`` tile of a ``document_word`` page, as AnyRes cuts it (the page is a whole number of
+    tiles, so tiles are plain crops): the tile holding the centre of the word — so at least half of it,
+    and often not all: a third of the task's words straddle a tile edge, and the tower must read those
+    too — or a tile the word does not touch (only paper and distractor marks)."""
     tile, grid = options.image_size, options.page_size // options.image_size
-    cells = [(row, column) for row in range(grid) for column in range(grid)]
-    row, column = cells[int(rng.integers(len(cells)))]
-    # The word (box and margin) lies inside this tile, so every other tile is blank.
-    page, _ = _document_page(options, rng, word, (column * tile, row * tile, (column + 1) * tile, (row + 1) * tile))
-    if not show_word:
-        others = [cell for cell in cells if cell != (row, column)]
-        row, column = others[int(rng.integers(len(others)))]
+    page, (x0, y0, x1, y1) = _document_page(options, rng, word)  # the box has a 4 px margin
+    if show_word:
+        row, column = min(int((y0 + y1) / 2 // tile), grid - 1), min(int((x0 + x1) / 2 // tile), grid - 1)
+    else:
+        untouched = [
+            (row, column) for row in range(grid) for column in range(grid)
+            if x1 <= column * tile or x0 >= (column + 1) * tile or y1 <= row * tile or y0 >= (row + 1) * tile
+        ]
+        row, column = untouched[int(rng.integers(len(untouched)))]
     return np.ascontiguousarray(page[row * tile : (row + 1) * tile, column * tile : (column + 1) * tile])
 
 
@@ -736,7 +756,11 @@ def _make_vision_pair(job: _Job, rng: np.random.Generator) -> _Sample:
         radius = float(rng.uniform(0.14, 0.3) * size)
         centre = tuple(float(v) for v in rng.uniform(radius + 1, size - radius - 1, 2))
         pixels = _shapes_image(_background(rng, size), [(shape, COLOURS[colour], centre, radius)])
-        caption, labels = f"{_article(colour)} {colour} {shape}", {"colour": colour, "shape": shape}
+        # Where it is, in thirds of the width: video_motion asks which way a shape went, so the frame's
+        # embedding must say where the shape is, not only what it is.
+        position = POSITIONS[min(int(3 * centre[0] / size), len(POSITIONS) - 1)]
+        caption = f"{_article(colour)} {colour} {shape} {position}"
+        labels = {"colour": colour, "shape": shape, "position": position}
     elif kind == "symbol":  # as on the needle frame: large, random colour, over a needle-style background
         symbol = _pick(rng, SYMBOLS)
         radius = float(rng.uniform(0.34, 0.44) * size)
