@@ -104,14 +104,18 @@ def test_a_foreign_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
 
 
-def _ablations_tool():
+def _tool(name: str):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("demo_ablations", Path(__file__).resolve().parents[1] / "tools" / "demo_ablations.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(module)
     return module
+
+
+def _ablations_tool():
+    return _tool("demo_ablations")
 
 
 def test_ablations_refuse_a_demo_not_made_with_the_full_settings(smoke_run: tuple[Path, str], capsys) -> None:
@@ -130,3 +134,23 @@ def test_ablation_subset_keeps_only_the_named_tasks(smoke_run: tuple[Path, str],
     assert tasks == set(tool.SHORT_VIDEO_TASKS)
     with pytest.raises(ValueError, match="no records"):
         tool._subset(out / "world", tmp_path, ("no_such_task",))
+
+
+def test_probe_tool_reads_every_probe_from_the_smoke_tower(smoke_run: tuple[Path, str], tmp_path: Path) -> None:
+    out, _ = smoke_run
+    tool = _tool("probe_tower")
+    assert tool.main(["--world", str(out / "world"), "--tower", str(out / "vision_tower"), "--json", str(tmp_path / "p.json")]) == 0
+    results = json.loads((tmp_path / "p.json").read_text())[str(out / "vision_tower")]
+    assert list(results) == list(tool.PROBES) and all(0.0 <= value <= 1.0 for value in results.values())
+
+
+def test_probe_fits_what_is_there_and_not_what_is_not() -> None:
+    import torch
+
+    fit = _tool("probe_tower")._fit_and_score
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (400,), generator=generator)
+    separable = torch.randn(400, 8, generator=generator) + 3.0 * labels[:, None]  # (N, 8): the label shifts every feature
+    assert fit((separable[:300], labels[:300]), (separable[300:], labels[300:]), 2) > 0.95
+    noise = torch.randn(400, 8, generator=generator)  # unrelated to the label
+    assert fit((noise[:300], labels[:300]), (noise[300:], labels[300:]), 2) < 0.7
