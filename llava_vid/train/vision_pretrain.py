@@ -40,7 +40,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -50,13 +50,23 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
 from llava_vid.atomic import write_folder_atomically
 from llava_vid.checks import check_int, check_number
+from llava_vid.modes import check_choice
 from llava_vid.processing.image_processor import LlavaVidImageProcessor
 
-__all__ = ["VisionPretrainConfig", "WordVocabulary", "load_pairs", "pretrain_vision_tower", "format_eval_table"]
+__all__ = [
+    "Pooling",
+    "VisionPretrainConfig",
+    "WordVocabulary",
+    "contrastive_loss",
+    "format_eval_table",
+    "image_text_logits",
+    "load_pairs",
+    "pretrain_vision_tower",
+]
 
 EVAL_FILE = "vision_eval.json"
-Pooling = Literal["patch_mean", "cls"]
 SETTINGS_FILE = "vision_pretrain.json"
+Pooling = Literal["patch_mean", "cls"]
 
 
 @dataclass(frozen=True)
@@ -113,8 +123,7 @@ class VisionPretrainConfig:
         _check_int("threads", self.threads, minimum=0)
         for name in ("learning_rate", "weight_decay"):
             check_number(f"VisionPretrainConfig.{name}", getattr(self, name), minimum=0.0)
-        if self.pooling not in get_args(Pooling):
-            raise ValueError(f"VisionPretrainConfig.pooling={self.pooling!r} is invalid; expected one of {list(get_args(Pooling))}")
+        check_choice("VisionPretrainConfig.pooling", self.pooling, Pooling)
         if self.learning_rate == 0:
             raise ValueError("VisionPretrainConfig.learning_rate must be > 0, got 0")
         if self.image_size % self.patch_size:
