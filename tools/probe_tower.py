@@ -95,24 +95,31 @@ def probe_tower(tower: Tower, world: Path) -> dict[str, float]:
     def last_frame(record: dict, base: Path) -> torch.Tensor:
         return tower.content(frames(record, base)[[-1]], 1)[0, 0]
 
-    def motion(grid: int) -> Callable[[dict, Path], torch.Tensor]:
-        def features(record: dict, base: Path) -> torch.Tensor:
-            early, late = tower.content(frames(record, base)[[4, -1]], grid).flatten(1)  # (2, g²·D)
-            return torch.cat([early, late, late - early])
-        return features
+    def motion(record: dict, base: Path) -> torch.Tensor:
+        """Both grids from one decode: ``(g=1 features ‖ g=2 features)``, split again below."""
+        chosen = frames(record, base)[[4, -1]]
+        parts = []
+        for grid in (1, 2):
+            early, late = tower.content(chosen, grid).flatten(1)  # (2, g²·D)
+            parts.append(torch.cat([early, late, late - early]))  # (3·g²·D,)
+        return torch.cat(parts)
 
     train_file = world / "train.jsonl"
     specs = {
         "needle": ("needle", needle, lambda r: SYMBOLS.index(r["answer"]), len(SYMBOLS)),
         "shape": ("video_shape", last_frame, lambda r: SHAPES.index(r["answer"]), len(SHAPES)),
-        "motion g=1": ("video_motion", motion(1), lambda r: ("left", "right").index(r["answer"]), 2),
-        "motion g=2": ("video_motion", motion(2), lambda r: ("left", "right").index(r["answer"]), 2),
+        "motion": ("video_motion", motion, lambda r: ("left", "right").index(r["answer"]), 2),
     }
     results = {}
     for name, (task, features, label, classes) in specs.items():
         train = _dataset(_records(train_file, task)[:600], world, features, label)
         test = _dataset(_records(heldout / f"{task}.jsonl", task), heldout, features, label)
-        results[name] = _fit_and_score(train, test, classes)
+        if name != "motion":
+            results[name] = _fit_and_score(train, test, classes)
+            continue
+        width = 3 * tower.model.config.hidden_size  # the g = 1 part; the g = 2 part is 4× as wide
+        for grid_name, columns in (("motion g=1", slice(0, width)), ("motion g=2", slice(width, None))):
+            results[grid_name] = _fit_and_score((train[0][:, columns], train[1]), (test[0][:, columns], test[1]), classes)
     word_label = lambda r: WORDS.index(r["labels"]["word"])  # noqa: E731
     train = _dataset(_records(world / "vision_pairs.jsonl", group="word"), world, word, word_label)
     test = _dataset(_records(heldout / "vision_pairs.jsonl", group="word"), heldout, word, word_label)

@@ -254,7 +254,7 @@ def contrastive_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def zero_shot_eval(model: CLIPModel, vocabulary: WordVocabulary, pairs: _Pairs, candidates: list[str],
                    caption_labels: dict[str, dict[str, str]], processor: LlavaVidImageProcessor, batch_size: int,
-                   pooling: Pooling = "patch_mean") -> dict[str, Any]:
+                   pooling: Pooling) -> dict[str, Any]:
     """Classify every pair's image among all ``candidates`` captions; accuracy per attribute (colour,
     shape, symbol, count, word, empty, blank: the predicted caption's value must match) and per group
     (the exact caption)."""
