@@ -99,9 +99,10 @@ def test_load_tasks_turns_records_into_questions_with_references(world: Path) ->
         records = [json.loads(line) for line in (world / table[task.name]["heldout_file"]).read_text().splitlines()]
         assert [s.reference for s in task.samples] == [r["answer"] for r in records]
         assert task.chance == pytest.approx(table[task.name]["chance"])
-        for sample in task.samples:
+        for sample, record in zip(task.samples, records):
             assert [m["role"] for m in sample.conversation] == ["user"], "the gpt answer must be dropped"
-            assert sample.question == table[task.name]["question"]
+            # tasks.json holds the question; the pick tasks' names the image asked about
+            assert sample.question == table[task.name]["question"].format(image=record.get("asked"))
             media = [part for part in sample.conversation[0]["content"] if part["type"] in ("image", "video")]
             assert media and all(Path(part["path"]).is_file() for part in media)
             for part in media:

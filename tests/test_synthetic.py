@@ -183,6 +183,52 @@ def test_compare_count_has_a_unique_winner_among_three(world) -> None:
         assert ["first", "second", "third"][counts.index(max(counts))] == record["answer"]
 
 
+def _saturated(path: Path) -> np.ndarray:
+    """(H, W) bool: the shapes' pixels (the background is grey, every shape colour saturated)."""
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(np.int32)
+    return pixels.max(axis=2) - pixels.min(axis=2) > 60
+
+
+def _blob_count(mask: np.ndarray) -> int:
+    """4-connected components of ``mask`` (flood fill; the images are 56 px)."""
+    seen, blobs = np.zeros_like(mask), 0
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        blobs, stack = blobs + 1, [start]
+        seen[start] = True
+        while stack:
+            row, column = stack.pop()
+            for r, c in ((row + 1, column), (row - 1, column), (row, column + 1), (row, column - 1)):
+                if 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1] and mask[r, c] and not seen[r, c]:
+                    seen[r, c] = True
+                    stack.append((r, c))
+    return blobs
+
+
+def test_pick_count_answers_for_the_named_image(world) -> None:
+    path = world.heldout_files["pick_count"]
+    for record in read_records(path):
+        asked = ["first", "second", "third"].index(record["asked"])
+        assert f"in the {record['asked']} image?" in record["conversations"][0]["value"]
+        assert len(record["image"]) == 3
+        circles = [_blob_count(_saturated(path.parent / image)) for image in record["image"]]
+        assert circles == record["counts"]
+        assert ["one", "two", "three", "four"][circles[asked] - 1] == record["answer"]
+
+
+def test_pick_colour_answers_for_the_named_image(world) -> None:
+    path = world.heldout_files["pick_colour"]
+    for record in read_records(path):
+        asked = ["first", "second"].index(record["asked"])
+        assert f"in the {record['asked']} image?" in record["conversations"][0]["value"]
+        for image, colour in zip(record["image"], record["colours"]):
+            pixels = np.asarray(Image.open(path.parent / image).convert("RGB"))
+            shape = pixels[_saturated(path.parent / image)]  # (n, 3) the shape's pixels
+            assert len(shape) > 20 and (shape == COLOURS[colour]).all(axis=1).mean() > 0.9
+        assert record["colours"][asked] == record["answer"]
+
+
 def test_document_word_page_size(world) -> None:
     for path in _media_paths(world.heldout_files["document_word"]):
         image = Image.open(path)
