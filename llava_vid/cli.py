@@ -8,7 +8,7 @@
     llava-vid world --out DIR [--seed N] [--heldout-count [TASK=]N ...] …   (the synthetic world)
     llava-vid eval --model DIR --world DIR [--tasks t1,t2] [--limit N] [--image-treatment T] [--content-grid G]
                    [--batch-size N] [--out DIR]
-    llava-vid demo [--out runs/demo] [--smoke]   (world → tower → stage 1 → stage 2 → eval → answers)
+    llava-vid demo [--out runs/demo] [--smoke] [--seed N]   (world → tower → stage 1 → stage 2 → eval → answers)
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def _demo(args: argparse.Namespace) -> int:
     from llava_vid.demo import run_demo
 
     out = args.out or ("runs/demo_smoke" if args.smoke else "runs/demo")
-    run_demo(out, smoke=args.smoke, deepspeed=not args.no_deepspeed)
+    run_demo(out, smoke=args.smoke, deepspeed=not args.no_deepspeed, seed=args.seed)
     return 0
 
 
@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help="working folder; finished steps found there are reused (default: runs/demo, runs/demo_smoke)")
     demo.add_argument("--smoke", action="store_true", help="a few samples and steps of every step (minutes)")
     demo.add_argument("--no-deepspeed", action="store_true", help="train with plain PyTorch instead of DeepSpeed ZeRO-2")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the world, the tower and both stages (another run of the recipe)")
     demo.set_defaults(run=_demo)
     return parser
 

@@ -15,9 +15,11 @@ complete checkpoint):
 5. ``eval/``          held-out exact-match accuracy per task beside chance (``eval.json``, ``eval.png``).
 6. three answers with the trained model: a video, a document and a multi-image question.
 
-``--smoke`` runs the same steps with a handful of samples and steps (the test suite's version). The
-settings of a run are written to ``demo.json`` first; a folder made with other settings (a smoke run's
-folder given to the full demo, say) is refused rather than reused.
+``--smoke`` runs the same steps with a handful of samples and steps (the test suite's version).
+``--seed N`` draws everything (the world, the tower, both stages) from another seed: another run of the
+same recipe, to see how far its numbers move (the default is 0). The settings of a run are written to
+``demo.json`` first; a folder made with other settings (a smoke run's folder given to the full demo, or
+another seed's) is refused rather than reused.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ __all__ = [
     "evaluate_into",
     "run_demo",
     "run_steps",
+    "seeded",
     "train_stage",
     "write_preset",
 ]
@@ -95,6 +98,20 @@ SMOKE = DemoSettings(
     stage2=("max_steps=2", "save_steps=1"),
     eval_limit=2,
 )
+
+
+def seeded(settings: DemoSettings, seed: int) -> DemoSettings:
+    """``settings`` with every random draw made from ``seed``: the world (data and held-out split), the
+    tower, both stages. Another seed is another run of the same recipe: how much its numbers move."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"demo seed must be an integer >= 0, got {seed!r}")
+    return replace(
+        settings,
+        world={**settings.world, "seed": seed},
+        vision={**settings.vision, "seed": seed},
+        stage1=(*settings.stage1, f"seed={seed}"),
+        stage2=(*settings.stage2, f"seed={seed}"),
+    )
 
 
 # ------------------------------------------------------------------------------------------ steps
@@ -276,11 +293,11 @@ def claim_folder(out: Path, settings: DemoSettings, *, deepspeed: bool) -> None:
     os.replace(staging, path)
 
 
-def run_demo(out: str | os.PathLike, *, smoke: bool = False, deepspeed: bool = True) -> Path:
+def run_demo(out: str | os.PathLike, *, smoke: bool = False, deepspeed: bool = True, seed: int = 0) -> Path:
     """Run (or finish) the demo in ``out``; returns the evaluation folder. See the module docstring."""
     from llava_vid.eval import format_table, read_report
 
-    settings = SMOKE if smoke else FULL
+    settings = seeded(SMOKE if smoke else FULL, seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     claim_folder(out, settings, deepspeed=deepspeed)

@@ -104,6 +104,24 @@ def test_a_foreign_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
 
 
+def test_a_seed_reaches_every_random_draw_and_bad_seeds_are_named() -> None:
+    from llava_vid.demo import FULL, seeded
+
+    settings = seeded(FULL, 3)
+    assert settings.world["seed"] == 3 and settings.vision["seed"] == 3
+    assert settings.stage1[-1] == "seed=3" and settings.stage2[-1] == "seed=3"
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="demo seed"):
+            seeded(FULL, bad)
+
+
+def test_another_seed_does_not_reuse_a_folder(smoke_run: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:
+    out, _ = smoke_run
+    assert main(["demo", "--smoke", "--out", str(out), "--seed", "1"]) == 2
+    error = capsys.readouterr().err
+    assert "other settings" in error and "world" in error and "stage2" in error
+
+
 def _tool(name: str):
     import importlib.util
 

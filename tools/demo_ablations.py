@@ -34,11 +34,13 @@ from llava_vid.demo import (
     DEMO_STAGE2,
     FULL,
     SETTINGS_FILE,
+    DemoSettings,
     Step,
     claim_folder,
     data_overrides,
     evaluate_into,
     run_steps,
+    seeded,
     train_stage,
     write_preset,
 )
@@ -86,8 +88,9 @@ ABLATIONS: dict[str, Ablation] = {
 }  # fmt: skip
 
 
-def run_ablation(demo: Path, ablation: Ablation, *, deepspeed: bool = True) -> dict[str, Any]:
-    """Train (or reuse) the variant of ``ablation`` and return both models' accuracies on its tasks."""
+def run_ablation(demo: Path, ablation: Ablation, settings: DemoSettings, *, deepspeed: bool = True) -> dict[str, Any]:
+    """Train (or reuse) the variant of ``ablation`` with the demo's ``settings`` (its stage overrides:
+    the seed) and return both models' accuracies on its tasks."""
     world, folder = demo / "world", demo / "ablations" / ablation.name
     folder.mkdir(parents=True, exist_ok=True)
     train_file = _subset(world, folder, ablation.train_tasks) if ablation.train_tasks else "train.jsonl"
@@ -98,13 +101,15 @@ def run_ablation(demo: Path, ablation: Ablation, *, deepspeed: bool = True) -> d
         stage1 = folder / "stage1"
         steps.append(Step("stage 1", stage1 / "final", folder=stage1, run=lambda: train_stage(
             DEMO_STAGE1,
-            [f"model={preset}", f"output_dir={stage1}", *data_overrides(world, "captions.jsonl"), *ablation.stage_overrides],
+            [f"model={preset}", f"output_dir={stage1}", *data_overrides(world, "captions.jsonl"), *settings.stage1,
+             *ablation.stage_overrides],
             deepspeed=deepspeed,
         )))  # fmt: skip
     stage2 = folder / "stage2"
     steps.append(Step("stage 2", stage2 / "final", folder=stage2, run=lambda: train_stage(
         DEMO_STAGE2,
-        [f"model={stage1 / 'final'}", f"output_dir={stage2}", *data_overrides(world, train_file), *ablation.stage_overrides],
+        [f"model={stage1 / 'final'}", f"output_dir={stage2}", *data_overrides(world, train_file), *settings.stage2,
+         *ablation.stage_overrides],
         deepspeed=deepspeed,
     )))  # fmt: skip
     baseline = demo / "stage2" / "final"
@@ -113,7 +118,8 @@ def run_ablation(demo: Path, ablation: Ablation, *, deepspeed: bool = True) -> d
         baseline = baseline_stage2 / "final"
         steps.append(Step("stage 2 (baseline)", baseline, folder=baseline_stage2, run=lambda: train_stage(
             DEMO_STAGE2,
-            [f"model={demo / 'stage1' / 'final'}", f"output_dir={baseline_stage2}", *data_overrides(world, train_file)],
+            [f"model={demo / 'stage1' / 'final'}", f"output_dir={baseline_stage2}", *data_overrides(world, train_file),
+             *settings.stage2],
             deepspeed=deepspeed,
         )))  # fmt: skip
     tasks = list(ablation.tasks)
@@ -172,16 +178,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--only: unknown ablation(s) {unknown}; expected some of {list(ABLATIONS)}")
     if not (args.demo / "stage2" / "final").is_dir() or not (args.demo / "eval").is_dir():
         parser.error(f"--demo {args.demo}: not a finished demo (run `llava-vid demo --out {args.demo}` first)")
-    # The variants use the full demo's recipe, so the baseline must be a full demo, trained the same way.
-    deepspeed = json.loads((args.demo / SETTINGS_FILE).read_text(encoding="utf-8")).get("deepspeed", True)
+    # The variants use the full demo's recipe (with the demo's seed), so the baseline must be a full
+    # demo, trained the same way.
+    recorded = json.loads((args.demo / SETTINGS_FILE).read_text(encoding="utf-8"))
+    deepspeed = recorded.get("deepspeed", True)
+    settings = seeded(FULL, recorded.get("world", {}).get("seed", 0))
     try:
-        claim_folder(args.demo, FULL, deepspeed=deepspeed)
+        claim_folder(args.demo, settings, deepspeed=deepspeed)
     except ValueError as error:
         parser.error(f"--demo {args.demo}: {error}")
     results = []
     for name in names:
         print(f"[{name}] {ABLATIONS[name].what}", flush=True)
-        results.append(run_ablation(args.demo, ABLATIONS[name], deepspeed=deepspeed))
+        results.append(run_ablation(args.demo, ABLATIONS[name], settings, deepspeed=deepspeed))
     table = markdown_table(results)
     out = args.demo / "ablations"
     (out / "ablations.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
