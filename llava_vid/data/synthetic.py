@@ -1045,7 +1045,7 @@ def render_contact_sheet(world_dir: str | os.PathLike, path: str | os.PathLike, 
             continue
         record = json.loads(lines[0])
         base = root / "heldout"
-        label = f"{task}: {record['answer']}"
+        label = f"{task}: {record['answer']}" + (f" ({record['asked']} image)" if "asked" in record else "")
         if "video" in record:
             if task == "needle":
                 clip = load_video(base / record["video"], FrameSampling(fps=1e6))
