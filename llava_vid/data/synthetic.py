@@ -6,7 +6,8 @@ where this PyAV build lacks libx264) and LLaVA-format JSONL datasets that
 
     <out>/
       world.json              options, record counts per split/task, the video options to train with
-      tasks.json              per task: question, closed answer set, chance level, media kind
+      tasks.json              per task: question ({image} in the pick tasks': each record names the image),
+                              closed answer set, chance level, media kind
       captions.jsonl          stage 1: image/video → caption ("a red circle and a blue square")
       train.jsonl             stage 2: every QA task (shuffled) plus a share of the captions
       media/<task>/*.png|mp4  the train media (paths in the JSONL files are relative to <out>)

@@ -38,6 +38,8 @@ class EvalTask:
 
     name: str
     question: str
+    """As in ``tasks.json``: a template where each sample names its image (``{image}``, the pick tasks);
+    each sample's own question is :attr:`EvalSample.question`."""
     answers: tuple[str, ...]
     chance: float
     media: str
