@@ -1,7 +1,8 @@
-"""Writing a folder so that it is either complete or absent: never half-written but plausible."""
+"""Writing a folder or a file so that it is either complete or absent: never half-written but plausible."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -25,3 +26,18 @@ def write_folder_atomically(destination: Path, write: Callable[[Path], None]) ->
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def write_file_atomically(destination: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(staging)`` on a sibling temp file (same suffix, so writers that pick a format by it
+    still do), then replace ``destination`` with it in one rename; on an exception ``destination``
+    stays as it was and the temp file is removed."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=destination.suffix, dir=destination.parent)
+    os.close(handle)
+    staging = Path(name)
+    try:
+        write(staging)
+        os.replace(staging, destination)
+    finally:
+        staging.unlink(missing_ok=True)

@@ -246,3 +246,26 @@ def test_report_round_trips_through_eval_json(tmp_path) -> None:
     write_report(report, tmp_path)
     again = read_report(tmp_path)
     assert again == report and format_table(again) == format_table(report)
+
+
+def test_a_failed_report_write_leaves_the_previous_report_whole(tmp_path, monkeypatch) -> None:
+    import llava_vid.eval.report as report_module
+    from llava_vid.eval import EvalReport, TaskResult, read_report, write_report
+
+    def report_of(accuracy: float) -> EvalReport:
+        task = TaskResult("needle", 4, int(4 * accuracy), accuracy, ("star", "ring", "cross", "arrow"), 1.0)
+        return EvalReport(world_dir="w", tasks=[task], image_treatment="auto", batch_size=8, max_new_tokens=8, seconds=1.0)
+
+    write_report(report_of(0.5), tmp_path)
+    chart = (tmp_path / "eval.png").read_bytes()
+
+    def broken_plot(report, path):  # the chart fails half-way: a partial file, then an error
+        Path(path).write_bytes(b"\x89PNG partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report_module, "plot_accuracy", broken_plot)
+    with pytest.raises(OSError, match="disk full"):
+        write_report(report_of(0.75), tmp_path)
+    assert read_report(tmp_path) == report_of(0.5)  # the old report, whole
+    assert (tmp_path / "eval.png").read_bytes() == chart
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["eval.json", "eval.png"]  # no temp files left

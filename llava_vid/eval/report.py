@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from llava_vid.atomic import write_file_atomically
 from llava_vid.eval.runner import EvalReport
 
 __all__ = ["format_table", "plot_accuracy", "read_report", "write_report"]
@@ -66,9 +67,11 @@ def read_report(path: str | os.PathLike) -> EvalReport:
 
 
 def write_report(report: EvalReport, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``eval.json`` and ``eval.png`` into ``out_dir`` (created if needed); return their paths."""
+    """Write ``eval.png`` and then ``eval.json`` into ``out_dir`` (created if needed), each atomically, so
+    an ``eval.json`` there is always whole and never older than its chart; return their paths."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / "eval.json"
-    json_path.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return json_path, plot_accuracy(report, out / "eval.png")
+    json_path, png_path = out / "eval.json", out / "eval.png"
+    text = json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n"
+    write_file_atomically(png_path, lambda staging: plot_accuracy(report, staging))
+    write_file_atomically(json_path, lambda staging: staging.write_text(text, encoding="utf-8"))
+    return json_path, png_path
