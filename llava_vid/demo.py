@@ -38,6 +38,7 @@ from typing import Any, Callable
 import yaml
 
 from llava_vid.atomic import write_folder_atomically
+from llava_vid.checks import check_int
 from llava_vid.data.synthetic import QA_TASKS
 
 __all__ = [
@@ -103,8 +104,7 @@ SMOKE = DemoSettings(
 def seeded(settings: DemoSettings, seed: int) -> DemoSettings:
     """``settings`` with every random draw made from ``seed``: the world (data and held-out split), the
     tower, both stages. Another seed is another run of the same recipe: how much its numbers move."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"demo seed must be an integer >= 0, got {seed!r}")
+    check_int("demo seed", seed, minimum=0)
     return replace(
         settings,
         world={**settings.world, "seed": seed},

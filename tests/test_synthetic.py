@@ -166,9 +166,8 @@ def test_train_needles_vary_in_length_heldout_ones_do_not(world) -> None:
 def test_motion_goes_the_claimed_way(world) -> None:
     path = world.heldout_files["video_motion"]
     for record in read_records(path):
-        frames = load_video(path.parent / record["video"], FrameSampling(fps=SMALL.video_fps)).frames.astype(np.int32)
-        # The background is grey and every shape colour saturated: saturation finds the shape.
-        masks = [frame.max(axis=2) - frame.min(axis=2) > 60 for frame in frames]
+        frames = load_video(path.parent / record["video"], FrameSampling(fps=SMALL.video_fps)).frames
+        masks = [_saturated(frame) for frame in frames]
         columns = [np.nonzero(mask)[1].mean() for mask in masks if mask.sum() > 20]
         assert len(columns) >= len(frames) * 3 // 4  # visible from the first quarter on
         columns = [columns[0], columns[-1]]
@@ -183,9 +182,14 @@ def test_compare_count_has_a_unique_winner_among_three(world) -> None:
         assert ["first", "second", "third"][counts.index(max(counts))] == record["answer"]
 
 
-def _saturated(path: Path) -> np.ndarray:
-    """(H, W) bool: the shapes' pixels (the background is grey, every shape colour saturated)."""
-    pixels = np.asarray(Image.open(path).convert("RGB")).astype(np.int32)
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _saturated(pixels: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` → ``(H, W)`` bool: the shapes' pixels (the background is grey, every shape colour
+    saturated)."""
+    pixels = pixels.astype(np.int32)
     return pixels.max(axis=2) - pixels.min(axis=2) > 60
 
 
@@ -212,7 +216,7 @@ def test_pick_count_answers_for_the_named_image(world) -> None:
         asked = ["first", "second", "third"].index(record["asked"])
         assert f"in the {record['asked']} image?" in record["conversations"][0]["value"]
         assert len(record["image"]) == 3
-        circles = [_blob_count(_saturated(path.parent / image)) for image in record["image"]]
+        circles = [_blob_count(_saturated(_pixels(path.parent / image))) for image in record["image"]]
         assert circles == record["counts"]
         assert ["one", "two", "three", "four"][circles[asked] - 1] == record["answer"]
 
@@ -223,8 +227,8 @@ def test_pick_colour_answers_for_the_named_image(world) -> None:
         asked = ["first", "second"].index(record["asked"])
         assert f"in the {record['asked']} image?" in record["conversations"][0]["value"]
         for image, colour in zip(record["image"], record["colours"]):
-            pixels = np.asarray(Image.open(path.parent / image).convert("RGB"))
-            shape = pixels[_saturated(path.parent / image)]  # (n, 3) the shape's pixels
+            pixels = _pixels(path.parent / image)
+            shape = pixels[_saturated(pixels)]  # (n, 3) the shape's pixels
             assert len(shape) > 20 and (shape == COLOURS[colour]).all(axis=1).mean() > 0.9
         assert record["colours"][asked] == record["answer"]
 

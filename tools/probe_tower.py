@@ -33,6 +33,7 @@ from transformers import CLIPVisionModel
 
 from llava_vid.data.synthetic import SHAPES, SYMBOLS, WORDS
 from llava_vid.modeling.compression import pool_content
+from llava_vid.modeling.vision import encode_images
 from llava_vid.processing.image_processor import LlavaVidImageProcessor
 from llava_vid.processing.video import FrameSampling, load_video
 
@@ -50,8 +51,9 @@ class Tower:
     @torch.no_grad()
     def content(self, frames: np.ndarray, grid: int) -> torch.Tensor:
         """``(F, S, S, 3)`` uint8 → ``(F, grid², D)`` pooled last-layer patch tokens."""
-        hidden = self.model(pixel_values=self.processor.normalize_views(frames), output_hidden_states=True).hidden_states[-1]
-        return pool_content(hidden[:, 1:], grid)  # drop CLS: (F, P, D) → (F, g², D)
+        pixel_values = self.processor.normalize_views(frames)  # (F, 3, S, S)
+        patches = encode_images(self.model, pixel_values, feature_layer=-1, feature_select="patch", chunk_size=len(frames))
+        return pool_content(patches, grid)  # (F, P, D) → (F, g², D)
 
 
 def _records(path: Path, task: str | None = None, group: str | None = None) -> list[dict]:
