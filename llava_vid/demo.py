@@ -223,7 +223,7 @@ def evaluate_into(world: Path, model_dir: Path, out: Path, **evaluate_options: A
 def _showcase(world: Path, model_dir: Path) -> list[dict[str, str]]:
     """Answer one held-out video, document and multi-image question, streaming; returns what was asked."""
     from llava_vid.eval import load_tasks
-    from llava_vid.inference import answer, load_pretrained, pick_runtime
+    from llava_vid.inference import load_pretrained, pick_runtime, reply
 
     model, processor = load_pretrained(str(model_dir), pick_runtime())
     tasks = {task.name: task for task in load_tasks(world, [name for name, _ in SHOWCASE], limit=1)}
@@ -237,16 +237,8 @@ def _showcase(world: Path, model_dir: Path) -> list[dict[str, str]]:
         print(f"\n{kind} question ({task_name}, held out): {sample.question}")
         print(f"  media: {', '.join(images + videos)}")
         print("  answer: ", end="", flush=True)
-        predicted = answer(
-            model,
-            processor,
-            sample.question,
-            images=images,
-            videos=videos,
-            video_options=task.video_options,
-            max_new_tokens=8,
-            stream=True,
-        )
+        # The held-out conversation as it is, so the prompt is laid out as in training and evaluation.
+        predicted = reply(model, processor, sample.conversation, max_new_tokens=8, stream=True)
         print(f"  (reference: {sample.reference})")
         shown.append({"task": task_name, "question": sample.question, "answer": predicted, "reference": sample.reference})
     return shown

@@ -26,6 +26,7 @@ from llava_vid.eval import (
     normalize_answer,
     write_report,
 )
+from llava_vid.inference import answer, reply, user_message
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_ANYRES = REPO / "configs" / "model" / "tiny_anyres.yaml"  # AnyRes images + Q-Former videos
@@ -102,7 +103,10 @@ def test_load_tasks_turns_records_into_questions_with_references(world: Path) ->
         for sample, record in zip(task.samples, records):
             assert [m["role"] for m in sample.conversation] == ["user"], "the gpt answer must be dropped"
             # tasks.json holds the question; the pick tasks' names the image asked about
-            assert sample.question == table[task.name]["question"].format(image=record.get("asked"))
+            question = table[task.name]["question"].format(image=record.get("asked"))
+            labels = [f"{ordinal.capitalize()} image:" for ordinal in ("first", "second", "third")]
+            images = record.get("image") if isinstance(record.get("image"), list) else []
+            assert sample.question == " ".join([*labels[: len(images)], question])
             media = [part for part in sample.conversation[0]["content"] if part["type"] in ("image", "video")]
             assert media and all(Path(part["path"]).is_file() for part in media)
             for part in media:
@@ -150,6 +154,24 @@ def _fake_generate(processor: Any, answers: Iterator[str], calls: list[dict]) ->
         return torch.cat([prompts, new], dim=1)
 
     return generate
+
+
+def test_reply_answers_a_held_out_conversation_as_it_is_laid_out(world: Path, model_and_processor: tuple[Any, Any]) -> None:
+    """The demo's three answers: ``reply`` on the held-out conversation, so the model gets the prompt of
+    training and evaluation (each image after its name); ``answer`` is ``reply`` on the message it builds."""
+    model, processor = model_and_processor
+    sample = load_tasks(world, ["compare_count"], limit=1)[0].samples[0]
+    calls: list[dict] = []
+    with mock.patch.object(model, "generate", _fake_generate(processor, iter(["second"]), calls)):
+        assert reply(model, processor, sample.conversation, max_new_tokens=4).strip() == "second"
+    prompt = processor.tokenizer.decode(calls[0]["input_ids"][0])
+    image_token = processor.tokenizer.decode([model.config.image_token_id])
+    first, second, third = (prompt.index(f"{ordinal} image:") for ordinal in ("First", "Second", "Third"))
+    assert first < prompt.index(image_token, first) < second < prompt.index(image_token, second) < third
+    assert third < prompt.index(image_token, third) < prompt.index("Which image has the most circles?")
+    images = [part["path"] for part in sample.conversation[0]["content"] if part["type"] == "image"]
+    built = reply(model, processor, [user_message("What is this?", images[:1])], max_new_tokens=3)
+    assert answer(model, processor, "What is this?", images[:1], max_new_tokens=3) == built
 
 
 @pytest.mark.parametrize("right", [True, False])

@@ -16,6 +16,8 @@ from PIL import Image
 from llava_vid.data.formats import MediaRoots, read_records, record_to_conversation
 from llava_vid.data.synthetic import (
     COLOURS,
+    COUNT_WORDS,
+    ORDINALS,
     QA_TASKS,
     SHAPES,
     SYMBOLS,
@@ -95,9 +97,9 @@ def test_records_convert_and_media_exist(world) -> None:
             assert media and all(Path(part["path"]).is_file() for part in media)
             if record["task"] != "caption":
                 spec = TASKS[record["task"]]
-                answer = messages[-1]["content"][0]["text"]
+                answer = messages[1]["content"][0]["text"]  # the first turn's; follow-ups may come after
                 assert answer == record["answer"] and answer in spec.answers
-                assert len(answer.split()) <= 2
+                assert all(len(message["content"][0]["text"].split()) <= 2 for message in messages[1::2])
 
 
 def test_records_load_through_the_dataset(world, tiny_processor) -> None:
@@ -233,6 +235,98 @@ def test_pick_colour_answers_for_the_named_image(world) -> None:
         assert record["colours"][asked] == record["answer"]
 
 
+def test_multi_image_prompts_name_each_image_as_the_questions_do(world) -> None:
+    # "the second image" in a question, "Second image: <image>" before that image's tokens.
+    for task in ("compare_count", "compare_colour", "pick_count", "pick_colour"):
+        for record in read_records(world.heldout_files[task]) + [r for r in read_records(world.train_file) if r["task"] == task]:
+            labels = "".join(f"{ordinal.capitalize()} image: <image>\n" for ordinal in ORDINALS[: len(record["image"])])
+            assert record["conversations"][0]["value"] == labels + TASKS[task].question.format(image=record.get("asked")), record["id"]
+
+
+def _follow_ups(record: dict) -> dict[str, str]:
+    """question → answer of every turn after the first (follow-ups carry no media placeholder)."""
+    values = [turn["value"] for turn in record["conversations"][2:]]
+    assert not any("<image>" in value or "<video>" in value for value in values)
+    return dict(zip(values[::2], values[1::2]))
+
+
+def _nearest_colour(pixels: np.ndarray) -> str:
+    """The named colour nearest to the mean of ``(n, 3)`` pixels."""
+    mean = pixels.reshape(-1, 3).mean(axis=0)
+    return min(COLOURS, key=lambda name: float(np.abs(mean - np.array(COLOURS[name])).sum()))
+
+
+def test_train_multi_image_records_follow_up_with_each_image(world) -> None:
+    """After its own question a train record asks what else its images answer, checked on the pixels:
+    each image's circle count after "which has the most", each shape's colour after "same colour"."""
+    pick_count, pick_colour = TASKS["pick_count"].question, TASKS["pick_colour"].question
+    seen = Counter()
+    for record in read_records(world.train_file):
+        task, follow_ups = record["task"], _follow_ups(record)
+        if task in ("compare_count", "pick_count"):
+            circles = [_blob_count(_saturated(_pixels(world.root / image))) for image in record["image"]]
+            expected = {pick_count.format(image=o): COUNT_WORDS[c - 1] for o, c in zip(ORDINALS, circles) if o != record.get("asked")}
+            if task == "pick_count" and circles.count(max(circles)) == 1:
+                expected[TASKS["compare_count"].question] = ORDINALS[circles.index(max(circles))]
+        elif task in ("compare_colour", "pick_colour"):
+            colours = [_nearest_colour(_pixels(world.root / image)[_saturated(_pixels(world.root / image))]) for image in record["image"]]
+            expected = {pick_colour.format(image=o): c for o, c in zip(ORDINALS, colours) if o != record.get("asked")}
+            if task == "pick_colour":
+                expected[TASKS["compare_colour"].question] = "yes" if colours[0] == colours[1] else "no"
+        else:
+            continue
+        assert follow_ups == expected, record["id"]
+        seen[task] += 1
+    assert set(seen) == {"compare_count", "pick_count", "compare_colour", "pick_colour"}
+
+
+def test_train_video_records_follow_up_with_what_else_they_show(world) -> None:
+    """A short single-shape video is also asked its other attributes (the colour checked on the pixels),
+    the order video which shape came last, the needle video its symbol's colour (on the needle frame)."""
+    shape_question, colour_question = TASKS["video_shape"].question, TASKS["video_colour"].question
+    expected_questions = {
+        "video_colour": {shape_question},
+        "video_shape": {colour_question},
+        "video_motion": {shape_question, colour_question},
+        "video_order": {"Which shape appeared last? Answer with one word."},
+        "needle": {"What colour was the symbol? Answer with one word."},
+    }
+    for record in read_records(world.train_file):
+        task = record["task"]
+        if task not in expected_questions:
+            continue
+        follow_ups = _follow_ups(record)
+        assert set(follow_ups) == expected_questions[task], record["id"]
+        if task == "needle":
+            frames = load_video(world.root / record["video"], FrameSampling(fps=SMALL.long_video_fps)).frames
+            needle = frames[record["needle_frame"]].astype(np.int32)
+            other = frames[record["needle_frame"] - 1 if record["needle_frame"] else 1].astype(np.int32)
+            symbol = needle[np.abs(needle - other).sum(axis=2) > 90]  # (n, 3) where the symbol is
+            assert follow_ups["What colour was the symbol? Answer with one word."] == record["colour"] == _nearest_colour(symbol)
+            continue
+        frames = load_video(world.root / record["video"], FrameSampling(fps=SMALL.video_fps)).frames
+        if task == "video_order":
+            assert follow_ups.popitem()[1] in set(SHAPES) - {record["answer"]}
+            continue
+        colour = follow_ups.get(colour_question, record["answer"])
+        assert _nearest_colour(frames[-1][_saturated(frames[-1])]) == colour, record["id"]
+        assert follow_ups.get(shape_question, record["answer"]) in SHAPES
+
+
+def test_follow_ups_only_add_turns(world, tmp_path: Path) -> None:
+    """Without follow-ups the train records are the same records cut to their first turn, the media the
+    same files; held-out records never have follow-ups."""
+    without = generate_world(tmp_path / "without", replace(SMALL, follow_ups=False, vision_pairs=0, vision_heldout_pairs=0), progress=False)
+    records, single = read_records(world.train_file), read_records(without.train_file)
+    assert [{**record, "conversations": record["conversations"][:2]} for record in records] == single
+    assert sum(len(record["conversations"]) > 2 for record in records) > len(records) // 2
+    media = {path.relative_to(world.root): path.read_bytes() for path in _media_paths(world.train_file)}
+    assert media == {path.relative_to(without.root): path.read_bytes() for path in _media_paths(without.train_file)}
+    for task in QA_TASKS:
+        assert without.heldout_files[task].read_bytes() == world.heldout_files[task].read_bytes()
+        assert all(len(record["conversations"]) == 2 for record in read_records(world.heldout_files[task]))
+
+
 def test_document_word_page_size(world) -> None:
     for path in _media_paths(world.heldout_files["document_word"]):
         image = Image.open(path)
@@ -300,6 +394,7 @@ def test_answers_are_balanced(tmp_path: Path) -> None:
         ({"vision_pairs": -1}, "vision_pairs"),
         ({"vision_heldout_pairs": 1.5}, "vision_heldout_pairs"),
         ({"page_size": 150}, "page_size"),  # vision pairs need a page of at least 3 × 3 tiles
+        ({"follow_ups": "no"}, "follow_ups"),
     ],
 )
 def test_invalid_options_name_the_option(change: dict, name: str) -> None:
@@ -326,6 +421,12 @@ def test_main_prints_a_summary_and_a_contact_sheet(tmp_path: Path, capsys: pytes
     assert "document_word" in output and "total" in output
     assert len(read_records(tmp_path / "w" / "heldout" / "needle.jsonl")) == 1
     assert Image.open(sheet).size[0] > 100
+    assert json.loads((tmp_path / "w" / "world.json").read_text())["options"]["follow_ups"] is True
+    assert main(["--out", str(tmp_path / "w1"), "--train-count", "1", "--heldout-count", "0", "--caption-images", "0",
+                 "--caption-videos", "0", "--vision-pairs", "0", "--vision-heldout-pairs", "0", "--long-video-frames", "20",
+                 "--workers", "1", "--quiet", "--no-follow-ups"]) == 0
+    capsys.readouterr()
+    assert all(len(record["conversations"]) == 2 for record in read_records(tmp_path / "w1" / "train.jsonl"))
     assert main(["--out", str(tmp_path / "bad"), "--video-size", "31"]) == 2
     assert "video_size" in capsys.readouterr().err
 

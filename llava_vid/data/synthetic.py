@@ -24,9 +24,10 @@ centre, whole or cut by the tile edge, or "a blank page" for a tile with only di
 value, e.g. ``{"colour": "red", "shape": "circle"}``).
 
 Records carry two extra keys the loader ignores: ``task`` and ``answer`` (needle records also
-``needle_frame`` and ``needle_span``; the multi-image ones ``counts`` or ``colours`` per image and, for
-the pick tasks, ``asked``: the image the question names), so an evaluator can score by exact match
-without parsing.
+``needle_frame``, ``needle_span`` and the symbol's ``colour``; the multi-image ones ``counts`` or
+``colours`` per image and, for the pick tasks, ``asked``: the image the question names), so an evaluator
+can score by exact match without parsing. ``task`` and ``answer`` are the first turn's; a train record
+may go on with follow-up turns about the same media (``WorldOptions.follow_ups``), a held-out one never.
 
 Determinism: every sample draws from its own RNG seeded by (seed, split, task, index, attempt), so
 the output does not depend on the number of worker processes or their scheduling; the same seed
@@ -142,10 +143,11 @@ VISION_GROUPS: tuple[str, ...] = ("shape", "symbol", "empty", "count", "word", "
 
 # Multi-image samples are the cheapest to train on (a few 56 px views). Trained alone, the comparisons
 # stayed near chance (same colour 45%, most circles 63%, 1200/900 records); with as many pick questions
-# ("the shape in the second image"), which teach reading one image by its place, 87% and 93%.
-# Needles are most of stage 2's time (every frame goes through the tower and the Q-Former): 750 clips of
-# 16–256 frames (see needle_train_shortest) stayed at chance and took the demo past its 25 minutes, so
-# 300, and the time goes to documents and the multi-image tasks instead.
+# ("the shape in the second image"), which teach reading one image by its place, 87% and 93%. With the
+# pick questions also asked as follow-ups of every multi-image record, 600 colour records a task do.
+# A batch of 16 needles (16–256 frames, see needle_train_shortest) trains in ~1.8 s, of documents ~1.6 s,
+# of short videos or multi-image questions ~0.4 s: 750 needles stayed at chance in an earlier recipe and
+# took the demo past its 25 minutes, so 300, and the time goes to documents and the multi-image tasks.
 _DEFAULT_TRAIN_COUNTS: dict[str, int] = {
     "video_colour": 300,
     "video_shape": 300,
@@ -154,9 +156,9 @@ _DEFAULT_TRAIN_COUNTS: dict[str, int] = {
     "needle": 300,
     "document_word": 1200,
     "compare_count": 900,
-    "compare_colour": 900,
+    "compare_colour": 600,
     "pick_count": 900,
-    "pick_colour": 900,
+    "pick_colour": 600,
 }
 _DEFAULT_HELDOUT_COUNTS: dict[str, int] = {task: 60 for task in QA_TASKS}
 
@@ -200,6 +202,12 @@ class WorldOptions:
     long_video_fps: float = 1.0
     needle_span: int = 1
     """Consecutive frames of the long video that show the symbol."""
+    follow_ups: bool = True
+    """Train records go on, after their own question, with the other questions their media answer, as
+    further turns (LLaVA's instruction data are multi-turn too): each image's circle count after "which
+    has the most", the other attributes of a short video's shape, the needle symbol's colour (see
+    :func:`_follow_up_turns`). More answers to learn from for the price of one encoding of the media;
+    held-out records keep their one question."""
     codec: str | None = None
     """Video encoder; None picks libx264 when PyAV has it, else mpeg4."""
     workers: int = 0
@@ -233,6 +241,8 @@ class WorldOptions:
         _check_int("long_video_frames", self.long_video_frames, minimum=max(2, self.needle_span))
         _check_number("needle_train_shortest", self.needle_train_shortest, minimum=1e-3, maximum=1.0)
         _check_number("long_video_fps", self.long_video_fps, minimum=1e-3)
+        if not isinstance(self.follow_ups, bool):
+            raise ValueError(f"WorldOptions.follow_ups must be True or False, got {self.follow_ups!r}")
         if self.codec is not None and self.codec not in av.codecs_available:
             raise ValueError(f"WorldOptions.codec {self.codec!r} is not available in this PyAV build")
         _check_int("workers", self.workers, minimum=0)
@@ -481,24 +491,59 @@ class _Sample:
 
 
 def _qa_record(
-    job: _Job, media_key: str, paths: str | list[str], answer: str, *, asked: str | None = None, **extra: Any
+    job: _Job,
+    media_key: str,
+    paths: str | list[str],
+    answer: str,
+    *,
+    asked: str | None = None,
+    follow_ups: Sequence[tuple[str, str]] = (),
+    **extra: Any,
 ) -> dict[str, Any]:
     """A QA record; ``asked`` (the pick tasks: which image, an ordinal) fills the question's ``{image}``
-    and is kept in the record."""
-    spec = TASKS[job.task]
-    placeholder = "<video>" if media_key == "video" else "<image>"
-    count = len(paths) if isinstance(paths, list) else 1
-    question = "\n".join([placeholder] * count) + "\n" + spec.question.format(image=asked)
+    and is kept in the record; ``follow_ups`` (question, answer) are further turns (see
+    :func:`_follow_up_turns`)."""
+    if isinstance(paths, list):  # several images, each named as the questions name it: "Second image: <image>"
+        media = "\n".join(f"{ORDINALS[k].capitalize()} image: <image>" for k in range(len(paths)))
+    else:
+        media = "<video>" if media_key == "video" else "<image>"
+    question = media + "\n" + _question(job.task, asked)
     if asked is not None:
         extra = {"asked": asked, **extra}
+    turns = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    for follow_up, follow_up_answer in follow_ups:
+        turns += [{"from": "human", "value": follow_up}, {"from": "gpt", "value": follow_up_answer}]
     return {
         "id": job.sample_id,
         media_key: paths,
-        "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
+        "conversations": turns,
         "task": job.task,
         "answer": answer,
         **extra,
     }
+
+
+def _question(task: str, asked: str | None = None) -> str:
+    """``task``'s question, about the image named ``asked`` for the pick tasks."""
+    return TASKS[task].question.format(image=asked)
+
+
+# Follow-up questions that are no task of their own (asked in training only, never scored).
+_NEEDLE_COLOUR_QUESTION = "What colour was the symbol? Answer with one word."
+_LAST_SHAPE_QUESTION = "Which shape appeared last? Answer with one word."
+
+
+def _follow_up_turns(job: _Job, rng: np.random.Generator, turns: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``turns`` (question, answer) in a random order for a train record; none for a held-out one or
+    with ``WorldOptions.follow_ups`` off. Drawn after the media, so they never change the pixels."""
+    if job.split != "train" or not job.options.follow_ups:
+        return []
+    return [turns[k] for k in rng.permutation(len(turns))]
+
+
+def _pick_count_turns(counts: Sequence[int], *, skip: int | None = None) -> list[tuple[str, str]]:
+    """"How many circles are in the k-th image?" for each image but ``skip``."""
+    return [(_question("pick_count", ORDINALS[k]), COUNT_WORDS[c - 1]) for k, c in enumerate(counts) if k != skip]
 
 
 def _write_short_video(job: _Job, draw_frame: Any) -> tuple[str, str]:
@@ -539,18 +584,24 @@ def _single_shape_video(job: _Job, rng: np.random.Generator, shape: str, colour:
 
 
 def _make_video_colour(job: _Job, rng: np.random.Generator) -> _Sample:
-    relative, digest = _single_shape_video(job, rng, _pick(rng, SHAPES), job.answer, motion=None)
-    return _Sample(_qa_record(job, "video", relative, job.answer), (digest,))
+    shape = _pick(rng, SHAPES)
+    relative, digest = _single_shape_video(job, rng, shape, job.answer, motion=None)
+    follow_ups = _follow_up_turns(job, rng, [(_question("video_shape"), shape)])
+    return _Sample(_qa_record(job, "video", relative, job.answer, follow_ups=follow_ups), (digest,))
 
 
 def _make_video_shape(job: _Job, rng: np.random.Generator) -> _Sample:
-    relative, digest = _single_shape_video(job, rng, job.answer, _pick(rng, tuple(COLOURS)), motion=None)
-    return _Sample(_qa_record(job, "video", relative, job.answer), (digest,))
+    colour = _pick(rng, tuple(COLOURS))
+    relative, digest = _single_shape_video(job, rng, job.answer, colour, motion=None)
+    follow_ups = _follow_up_turns(job, rng, [(_question("video_colour"), colour)])
+    return _Sample(_qa_record(job, "video", relative, job.answer, follow_ups=follow_ups), (digest,))
 
 
 def _make_video_motion(job: _Job, rng: np.random.Generator) -> _Sample:
-    relative, digest = _single_shape_video(job, rng, _pick(rng, SHAPES), _pick(rng, tuple(COLOURS)), motion=job.answer)
-    return _Sample(_qa_record(job, "video", relative, job.answer), (digest,))
+    shape, colour = _pick(rng, SHAPES), _pick(rng, tuple(COLOURS))
+    relative, digest = _single_shape_video(job, rng, shape, colour, motion=job.answer)
+    follow_ups = _follow_up_turns(job, rng, [(_question("video_shape"), shape), (_question("video_colour"), colour)])
+    return _Sample(_qa_record(job, "video", relative, job.answer, follow_ups=follow_ups), (digest,))
 
 
 def _make_video_order(job: _Job, rng: np.random.Generator) -> _Sample:
@@ -565,7 +616,8 @@ def _make_video_order(job: _Job, rng: np.random.Generator) -> _Sample:
         items.append((shape, COLOURS[_pick(rng, tuple(COLOURS))], centre, radius))
     halves = [_shapes_image(background, [item]) for item in items]
     relative, digest = _write_short_video(job, lambda i: halves[0 if i < count // 2 else 1])
-    return _Sample(_qa_record(job, "video", relative, job.answer), (digest,))
+    follow_ups = _follow_up_turns(job, rng, [(_LAST_SHAPE_QUESTION, second_shape)])
+    return _Sample(_qa_record(job, "video", relative, job.answer, follow_ups=follow_ups), (digest,))
 
 
 def _make_needle(job: _Job, rng: np.random.Generator) -> _Sample:
@@ -578,7 +630,8 @@ def _make_needle(job: _Job, rng: np.random.Generator) -> _Sample:
     needle_frame = int(rng.integers(0, count - span + 1))
     radius = float(rng.uniform(0.34, 0.44) * size)
     centre = tuple(float(v) for v in rng.uniform(radius + 1, size - radius - 1, 2))
-    symbol_frame = _shapes_image(background.astype(np.uint8), [(job.answer, COLOURS[_pick(rng, tuple(COLOURS))], centre, radius)])
+    colour = _pick(rng, tuple(COLOURS))
+    symbol_frame = _shapes_image(background.astype(np.uint8), [(job.answer, COLOURS[colour], centre, radius)])
     symbol_mask = np.any(symbol_frame != background.astype(np.uint8), axis=2)  # (H, W) pixels of the symbol
     drift_phase, drift_period = float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(40, 120))
     dot = rng.uniform(2, size - 4, 2)
@@ -599,7 +652,10 @@ def _make_needle(job: _Job, rng: np.random.Generator) -> _Sample:
     hasher = _Hasher()
     path, relative = job.media_path(".mp4")
     _save_video(path, frames(), fps=options.long_video_fps, size=size, codec=options.video_codec)
-    record = _qa_record(job, "video", relative, job.answer, needle_frame=needle_frame, needle_span=span)
+    follow_ups = _follow_up_turns(job, rng, [(_NEEDLE_COLOUR_QUESTION, colour)])
+    record = _qa_record(
+        job, "video", relative, job.answer, follow_ups=follow_ups, needle_frame=needle_frame, needle_span=span, colour=colour
+    )
     return _Sample(record, (hasher.hexdigest(),))
 
 
@@ -664,7 +720,8 @@ def _make_compare_count(job: _Job, rng: np.random.Generator) -> _Sample:
     most = int(rng.integers(2, 5))
     counts = [most if k == winner else int(rng.integers(1, most)) for k in range(len(ORDINALS))]
     relatives, hashes = _save_images(job, [_circles_image(job.options.image_size, circles, rng) for circles in counts])
-    return _Sample(_qa_record(job, "image", relatives, job.answer, counts=counts), hashes)
+    follow_ups = _follow_up_turns(job, rng, _pick_count_turns(counts))
+    return _Sample(_qa_record(job, "image", relatives, job.answer, follow_ups=follow_ups, counts=counts), hashes)
 
 
 def _make_pick_count(job: _Job, rng: np.random.Generator) -> _Sample:
@@ -672,7 +729,12 @@ def _make_pick_count(job: _Job, rng: np.random.Generator) -> _Sample:
     asked = int(rng.integers(len(ORDINALS)))
     counts = [COUNT_WORDS.index(job.answer) + 1 if k == asked else int(rng.integers(1, 5)) for k in range(len(ORDINALS))]
     relatives, hashes = _save_images(job, [_circles_image(job.options.image_size, circles, rng) for circles in counts])
-    return _Sample(_qa_record(job, "image", relatives, job.answer, asked=ORDINALS[asked], counts=counts), hashes)
+    turns = _pick_count_turns(counts, skip=asked)
+    if counts.count(max(counts)) == 1:  # "which has the most" has an answer only without a tie
+        turns.append((_question("compare_count"), ORDINALS[counts.index(max(counts))]))
+    follow_ups = _follow_up_turns(job, rng, turns)
+    record = _qa_record(job, "image", relatives, job.answer, asked=ORDINALS[asked], follow_ups=follow_ups, counts=counts)
+    return _Sample(record, hashes)
 
 
 def _make_compare_colour(job: _Job, rng: np.random.Generator) -> _Sample:
@@ -680,7 +742,8 @@ def _make_compare_colour(job: _Job, rng: np.random.Generator) -> _Sample:
     first = _pick(rng, tuple(COLOURS))
     second = first if job.answer == "yes" else _pick(rng, tuple(COLOURS), exclude=(first,))
     relatives, hashes = _save_images(job, [_one_shape_image(job.options.image_size, colour, rng) for colour in (first, second)])
-    return _Sample(_qa_record(job, "image", relatives, job.answer, colours=[first, second]), hashes)
+    follow_ups = _follow_up_turns(job, rng, [(_question("pick_colour", ORDINALS[k]), c) for k, c in enumerate((first, second))])
+    return _Sample(_qa_record(job, "image", relatives, job.answer, follow_ups=follow_ups, colours=[first, second]), hashes)
 
 
 def _make_pick_colour(job: _Job, rng: np.random.Generator) -> _Sample:
@@ -688,7 +751,12 @@ def _make_pick_colour(job: _Job, rng: np.random.Generator) -> _Sample:
     asked = int(rng.integers(2))
     colours = [job.answer if k == asked else _pick(rng, tuple(COLOURS)) for k in range(2)]
     relatives, hashes = _save_images(job, [_one_shape_image(job.options.image_size, colour, rng) for colour in colours])
-    return _Sample(_qa_record(job, "image", relatives, job.answer, asked=ORDINALS[asked], colours=colours), hashes)
+    other = 1 - asked
+    turns = [(_question("pick_colour", ORDINALS[other]), colours[other])]
+    turns.append((_question("compare_colour"), "yes" if colours[0] == colours[1] else "no"))
+    follow_ups = _follow_up_turns(job, rng, turns)
+    record = _qa_record(job, "image", relatives, job.answer, asked=ORDINALS[asked], follow_ups=follow_ups, colours=colours)
+    return _Sample(record, hashes)
 
 
 def _circles_image(size: int, circles: int, rng: np.random.Generator) -> np.ndarray:
@@ -1116,7 +1184,11 @@ def build_parser() -> argparse.ArgumentParser:
     simple = [field_ for field_ in fields(WorldOptions) if field_.name not in ("seed", "train_counts", "heldout_counts", "codec")]
     for field_ in simple:
         default = getattr(defaults, field_.name)
-        parser.add_argument("--" + field_.name.replace("_", "-"), type=type(default), default=default, help=f"default {default}")
+        flag = field_.name.replace("_", "-")
+        if isinstance(default, bool):  # a switch that is on by default: --no-<name> turns it off
+            parser.add_argument(f"--no-{flag}", dest=field_.name, action="store_false", help=f"{field_.name}=False")
+        else:
+            parser.add_argument(f"--{flag}", type=type(default), default=default, help=f"default {default}")
     parser.add_argument("--codec", default=None, help="video encoder (default: libx264, else mpeg4)")
     parser.add_argument("--contact-sheet", type=Path, default=None, help="also write a PNG showing one sample per task")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

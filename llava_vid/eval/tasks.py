@@ -27,9 +27,10 @@ class EvalSample:
 
     @property
     def question(self) -> str:
-        """The text of the last user turn (the media parts left out), for examples in reports."""
+        """The text of the last user turn (the media parts left out, runs of white space made one
+        space: "First image: Second image: Which …"), for examples in reports."""
         parts = self.conversation[-1]["content"]
-        return " ".join(part["text"] for part in parts if part.get("type") == "text").strip()
+        return " ".join(" ".join(part["text"] for part in parts if part.get("type") == "text").split())
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,35 @@ def answer(
         generate_kwargs: passed to ``model.generate`` (``do_sample``, ``temperature``, …).
     """
     conversation = [*history, user_message(question, images, videos, video_options)]
+    return reply(
+        model,
+        processor,
+        conversation,
+        max_new_tokens=max_new_tokens,
+        stream=stream,
+        image_treatment=image_treatment,
+        max_visual_tokens=max_visual_tokens,
+        video_timestamps=video_timestamps,
+        **generate_kwargs,
+    )
+
+
+@torch.inference_mode()
+def reply(
+    model: LlavaVidForConditionalGeneration,
+    processor: LlavaVidProcessor,
+    conversation: list[dict],
+    *,
+    max_new_tokens: int = 128,
+    stream: bool = False,
+    image_treatment: ImageTreatment = "auto",
+    max_visual_tokens: int | None = None,
+    video_timestamps: bool = False,
+    **generate_kwargs: Any,
+) -> str:
+    """The assistant's next message in ``conversation`` (chat messages ending with a user turn, media
+    as content parts wherever the turn has them, e.g. a held-out record's); greedy unless told
+    otherwise. :func:`answer` builds the conversation from a question and its media and calls this."""
     inputs = prepare_prompts(
         model,
         processor,
