@@ -102,11 +102,13 @@ def test_load_tasks_turns_records_into_questions_with_references(world: Path) ->
         assert task.chance == pytest.approx(table[task.name]["chance"])
         for sample, record in zip(task.samples, records):
             assert [m["role"] for m in sample.conversation] == ["user"], "the gpt answer must be dropped"
-            # tasks.json holds the question; the pick tasks' names the image asked about
+            # tasks.json holds the question (the pick tasks' names the image asked about); each media
+            # part is shown where the record's placeholder stands
             question = table[task.name]["question"].format(image=record.get("asked"))
-            labels = [f"{ordinal.capitalize()} image:" for ordinal in ("first", "second", "third")]
             images = record.get("image") if isinstance(record.get("image"), list) else []
-            assert sample.question == " ".join([*labels[: len(images)], question])
+            labels = [f"{ordinal.capitalize()} image: <image>" for ordinal in ("first", "second", "third")]
+            shown = [*labels[: len(images)], question] if images else [f"<{'video' if 'video' in record else 'image'}>", question]
+            assert sample.question == " ".join(shown)
             media = [part for part in sample.conversation[0]["content"] if part["type"] in ("image", "video")]
             assert media and all(Path(part["path"]).is_file() for part in media)
             for part in media:

@@ -27,10 +27,11 @@ class EvalSample:
 
     @property
     def question(self) -> str:
-        """The text of the last user turn (the media parts left out, runs of white space made one
-        space: "First image: Second image: Which …"), for examples in reports."""
+        """The last user turn as one line for reports, each media part shown as ``<image>`` or
+        ``<video>`` where it stands and runs of white space made one space ("First image: <image>
+        Second image: <image> Which …")."""
         parts = self.conversation[-1]["content"]
-        return " ".join(" ".join(part["text"] for part in parts if part.get("type") == "text").split())
+        return " ".join(" ".join(part["text"] if part["type"] == "text" else f"<{part['type']}>" for part in parts).split())
 
 
 @dataclass(frozen=True)
