@@ -12,7 +12,7 @@ from typing import Any
 
 from llava_vid.data.formats import MediaRoots, read_records, record_to_conversation
 from llava_vid.eval.scoring import normalize_answer
-from llava_vid.processing.templates import VIDEO_OPTION_KEYS
+from llava_vid.processing.templates import PLACEHOLDERS, VIDEO_OPTION_KEYS
 
 __all__ = ["EvalSample", "EvalTask", "load_tasks"]
 
@@ -31,7 +31,8 @@ class EvalSample:
         ``<video>`` where it stands and runs of white space made one space ("First image: <image>
         Second image: <image> Which …")."""
         parts = self.conversation[-1]["content"]
-        return " ".join(" ".join(part["text"] if part["type"] == "text" else f"<{part['type']}>" for part in parts).split())
+        pieces = [part["text"] if part["type"] == "text" else PLACEHOLDERS[part["type"]] for part in parts]
+        return " ".join(" ".join(pieces).split())
 
 
 @dataclass(frozen=True)
