@@ -139,6 +139,7 @@ def test_unknown_lengths_use_the_modality_median() -> None:
         ({"lengths": [1, 2, 3]}, r"3 lengths and 2 modalities"),
         ({"modalities": ["text", "audio"]}, r"unknown names \['audio'\]"),
         ({"lengths": [1, -5]}, r"lengths must be >= 0"),
+        ({"length_group_steps": 0}, r"length_group_steps must be an int >= 1, got 0"),
     ],
 )
 def test_errors_name_the_argument_and_numbers(kwargs: dict, message: str) -> None:
@@ -168,3 +169,25 @@ def test_accumulation_steps_group_similar_lengths_within_an_optimizer_step() -> 
     order = list(per_step)
     for start in range(0, len(order) - 5 * 32, 32):  # the remainder group at the end is < 4 × 32
         assert len({modalities[i] for i in order[start : start + 32]}) == 1
+
+
+def test_length_groups_keep_short_and_long_samples_of_a_modality_apart() -> None:
+    """Clips and long videos of one modality: in random steps nearly every batch holds a long video (and
+    pads its clips to it); with steps pooled by length the long ones fill batches of their own. Still a
+    permutation, in another order each epoch."""
+    rng = random.Random(3)
+    lengths = [rng.randint(100, 130) if rng.random() < 0.8 else rng.randint(500, 520) for _ in range(1600)]
+    modalities = ["video"] * len(lengths)
+    random_steps = ModalityLengthGroupedSampler(lengths, modalities, batch_size=16, seed=2)
+    pooled = ModalityLengthGroupedSampler(lengths, modalities, batch_size=16, seed=2, length_group_steps=25)
+    order = list(pooled)
+    assert sorted(order) == list(range(len(lengths)))
+
+    def mixed_batches(order: list[int]) -> int:
+        return sum(min(lengths[i] for i in b) < 300 < max(lengths[i] for i in b) for b in _batches(order, 16))
+
+    assert mixed_batches(list(random_steps)) > 50  # of 100 batches
+    assert mixed_batches(order) <= 1600 // (16 * 25)  # at most one a group: where the long ones end
+    assert _padding(order, lengths, 16) < _padding(list(random_steps), lengths, 16) / 5
+    pooled.set_epoch(1)
+    assert list(pooled) != order

@@ -6,7 +6,9 @@ Why group at all:
   wastes ~3 000 tokens of compute and memory on the text row. Keeping modalities apart removes the
   worst of it; sorting each megabatch (all samples of one optimizer step: ``batch_size × world_size ×
   accumulation_steps``) by length puts similar lengths in the same micro-batch — the more
-  accumulation steps, the tighter the micro-batches.
+  accumulation steps, the tighter the micro-batches. ``length_group_steps`` pools several steps'
+  samples of a modality before sorting, so that a step's samples are also alike in length: a 16-frame
+  clip then rarely shares a batch with (and is padded to) a 256-frame video of the same modality.
 * **Even vision work per step.** A batch that mixes modalities makes the vision tower's load per step
   jump (a text batch encodes nothing, a video batch hundreds of frames), which shows as memory peaks
   and stragglers; modality-homogeneous batches keep each step's work alike.
@@ -37,8 +39,9 @@ class ModalityLengthGroupedSampler(Sampler[int]):
     """Dataset indices ordered so that each run of ``batch_size`` is one device's batch of one modality.
 
     Per epoch (a ``torch.Generator`` seeded from ``(seed, epoch)``): each modality's indices are
-    shuffled and cut into megabatches of ``batch_size × world_size × accumulation_steps`` (one
-    optimizer step); inside a megabatch the samples are sorted longest first and cut into rounds of
+    shuffled; runs of ``length_group_steps`` megabatches of them are sorted by length, longest first, and
+    cut into megabatches of ``batch_size × world_size × accumulation_steps`` (one optimizer step);
+    inside a megabatch the samples are sorted longest first and cut into rounds of
     ``batch_size × world_size`` (one micro-batch per device), and each round is dealt to ``world_size``
     device batches of ``batch_size``, each sample to the device with the smallest total length so far
     that still has room; the device batches are emitted one after another (the DataLoader / accelerate
@@ -55,6 +58,9 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         world_size: data-parallel ranks sharing the stream.
         accumulation_steps: micro-batches per optimizer step (the megabatch spans them all).
         seed: the base seed; :meth:`set_epoch` picks the epoch.
+        length_group_steps: megabatches of one modality sorted by length together before they are cut
+            (1: each megabatch is a random draw from its modality, as in LLaVA; more: a step's samples are
+            alike in length, less padding, steps still in random order).
     """
 
     def __init__(
@@ -65,11 +71,13 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         world_size: int = 1,
         seed: int = 0,
         accumulation_steps: int = 1,
+        length_group_steps: int = 1,
     ) -> None:
         for name, value in (
             ("batch_size", batch_size),
             ("world_size", world_size),
             ("accumulation_steps", accumulation_steps),
+            ("length_group_steps", length_group_steps),
         ):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -86,6 +94,7 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         self.batch_size = int(batch_size)
         self.world_size = int(world_size)
         self.accumulation_steps = int(accumulation_steps)
+        self.length_group_steps = int(length_group_steps)
         self.seed = seed
         self.epoch = 0
         modality_ids = torch.tensor([MODALITIES.index(m) for m in modalities], dtype=torch.long)  # (N,)
@@ -111,7 +120,7 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         for indices in self.groups:  # fixed modality order: the generator is used reproducibly
             shuffled = indices[torch.randperm(len(indices), generator=generator)]
             full = len(shuffled) // megabatch_size * megabatch_size
-            complete.append(shuffled[:full].view(-1, megabatch_size))
+            complete.append(self._sorted_in_groups(shuffled[:full]).view(-1, megabatch_size))
             remainders.append(shuffled[full:])
         megabatches = torch.cat(complete)  # (M, megabatch_size)
         megabatches = megabatches[torch.randperm(len(megabatches), generator=generator)]
@@ -124,6 +133,15 @@ class ModalityLengthGroupedSampler(Sampler[int]):
             tail[tail_full:],  # fewer than one megabatch: longest first, the last batch may be short
         ]
         return torch.cat([part.flatten() for part in parts])
+
+    def _sorted_in_groups(self, indices: torch.Tensor) -> torch.Tensor:
+        """``indices`` (shuffled, a whole number of megabatches) with each run of ``length_group_steps``
+        megabatches sorted longest first (stable: equal lengths keep their shuffled order)."""
+        if self.length_group_steps == 1:
+            return indices  # each megabatch is sorted when it is dealt
+        group = self.length_group_steps * self.batch_size * self.world_size * self.accumulation_steps
+        runs = [indices[start : start + group] for start in range(0, len(indices), group)]
+        return torch.cat([run[torch.sort(self.lengths[run], descending=True, stable=True).indices] for run in runs] or [indices])
 
     def _deal(self, megabatches: torch.Tensor) -> torch.Tensor:
         """Each row sorted longest first, cut into rounds of ``W·B`` and each round dealt to ``world_size``

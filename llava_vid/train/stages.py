@@ -175,6 +175,11 @@ class StageConfig:
     group_by_modality_length: bool = True
     """Batch samples of one modality (text / image / images / video) and similar length together
     (lengths from the real visual-token counts); ``false``: plain random order."""
+    length_group_steps: int = 1
+    """With ``group_by_modality_length``: how many optimizer steps' samples of one modality are sorted by
+    length together before they are cut into steps. 1 (LLaVA's grouping): a step is a random draw from
+    its modality; more: a step's samples are alike in length too (less padding where one modality mixes
+    short and long samples, e.g. clips and hour-long videos); the steps stay in random order."""
     resume_from_checkpoint: str | None = "auto"
     """``auto``: continue from the newest *complete* checkpoint in ``output_dir`` if there is one;
     a checkpoint folder: continue from it; ``null``: start afresh."""
@@ -191,7 +196,7 @@ class StageConfig:
             raise ValueError("lora adapts the language model, so trainable must include 'language_model'")
         if self.multimodal_learning_rate is None:
             self.multimodal_learning_rate = self.learning_rate
-        for name in ("global_batch_size", "per_device_batch_size", "max_length", "logging_steps", "save_steps"):
+        for name in ("global_batch_size", "per_device_batch_size", "max_length", "logging_steps", "save_steps", "length_group_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.warmup_ratio < 1.0:

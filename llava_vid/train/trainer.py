@@ -217,6 +217,7 @@ class StageTrainer(Trainer):
             world_size=self.args.world_size,
             accumulation_steps=self.args.gradient_accumulation_steps,
             seed=self.args.seed,
+            length_group_steps=self.stage_config.length_group_steps,
         )
 
     # ---------------------------------------------------------------- skips and counters
