@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText
 import llava_vid  # noqa: F401  (registers the Auto classes)
 from llava_vid.config import LlavaVidConfig
 from llava_vid.modeling import LlavaVidForConditionalGeneration
+from llava_vid.modeling.llava_vid import labelled_positions
 from llava_vid.modeling.merge import merge_visual_features
 
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
@@ -81,6 +82,39 @@ def test_loss_is_finite_and_gradients_reach_the_projector(tiny_model, training_b
     finally:
         tiny_model.zero_grad(set_to_none=True)
 
+
+
+@pytest.mark.parametrize("num_items_in_batch", [None, 7])
+def test_loss_from_the_labelled_positions_only_is_the_full_loss(tiny_model, training_batch, num_items_in_batch) -> None:
+    """Training's shortcut (logits only where a label follows) gives the same loss and gradients as
+    the full projection, with the Trainer's token count too; the kept logits are the full ones there."""
+    extra = {} if num_items_in_batch is None else {"num_items_in_batch": torch.tensor(num_items_in_batch)}
+    keep = labelled_positions(training_batch["labels"])
+    assert 0 < keep.sum() < keep.numel()
+
+    def loss_and_grads(**options):
+        tiny_model.zero_grad(set_to_none=True)
+        output = tiny_model(**training_batch, **extra, **options)
+        output.loss.backward()
+        grads = [parameter.grad.clone() for parameter in tiny_model.projector.parameters()]
+        return output, grads
+
+    try:
+        full, full_grads = loss_and_grads()
+        kept, kept_grads = loss_and_grads(logits_to_keep=keep)
+    finally:
+        tiny_model.zero_grad(set_to_none=True)
+    assert kept.logits.shape == (keep.sum(), tiny_model.config.text_config.vocab_size)
+    torch.testing.assert_close(kept.logits, full.logits[keep])
+    torch.testing.assert_close(kept.loss, full.loss)
+    for ours, theirs in zip(kept_grads, full_grads):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_a_position_mask_of_another_shape_than_the_labels_is_refused(tiny_model, training_batch) -> None:
+    keep = labelled_positions(training_batch["labels"])[:, 1:]
+    with torch.no_grad(), pytest.raises(ValueError, match=r"logits_to_keep is a \(2, \d+\) mask but labels are"):
+        tiny_model(**training_batch, logits_to_keep=keep)
 
 def test_images_change_the_logits(tiny_model, tiny_processor, solid_image) -> None:
     """The features really are scattered in: a different image gives different answer logits."""

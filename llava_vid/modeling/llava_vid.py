@@ -20,9 +20,22 @@ from llava_vid.modeling.compression import ContextCompressor, pool_content
 from llava_vid.modeling.merge import count_placeholders, merge_visual_features
 from llava_vid.modeling.projector import build_projector
 from llava_vid.modeling.vision import encode_images
+from llava_vid.processing.processor import IGNORE_INDEX
 
 
 MEDIA_INPUTS = {"image": "pixel_values", "video": "pixel_values_videos"}  # where each kind's pixels arrive
+
+
+def labelled_targets(labels: torch.LongTensor) -> torch.LongTensor:
+    """``(B, L)`` → ``(B, L)``: the label each position predicts (the next one; ``IGNORE_INDEX`` at the end)."""
+    return nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
+def labelled_positions(labels: torch.LongTensor) -> torch.Tensor:
+    """``(B, L)`` bool: the positions whose logits the loss reads (a label follows them). Passed as
+    ``logits_to_keep`` with ``labels``, the model projects only these onto the vocabulary: in training
+    most positions are visual or prompt tokens, whose logits the loss never reads."""
+    return labelled_targets(labels) != IGNORE_INDEX
 
 
 class LlavaVidPreTrainedModel(PreTrainedModel):
@@ -271,6 +284,10 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
                 with ``video_frames``/``video_grids``/``video_token_counts`` ``(V,)`` and the videos'
                 instructions ``qformer_input_ids``/``qformer_attention_mask`` ``(V, L)``.
             labels: ``(B, L)``, -100 where no loss is taken; shifted inside the language model.
+            logits_to_keep: as in transformers (``0``: every position); with ``labels``, a ``(B, L)`` bool
+                mask such as :func:`labelled_positions` computes the logits only there (``(K, V)``) and the
+                loss from them — the same loss, without a vocabulary-wide projection of every visual
+                and prompt token (training's way: ``StageTrainer.compute_loss``).
             kwargs: go to the language model unchanged, the KV cache among them under the name this
                 transformers version gives it (``cache``, formerly ``past_key_values``).
         """
@@ -298,6 +315,8 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
         elif pixel_values is not None or pixel_values_videos is not None:
             raise ValueError("pixel values need input_ids to locate the media tokens; got inputs_embeds instead")
 
+        if labels is not None and isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
+            return self._loss_at_positions(attention_mask, position_ids, inputs_embeds, labels, use_cache, logits_to_keep, kwargs)
         return self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -307,6 +326,38 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+    def _loss_at_positions(
+        self,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor,
+        labels: torch.LongTensor,
+        use_cache: bool | None,
+        keep: torch.Tensor,
+        kwargs: dict,
+    ) -> CausalLMOutputWithPast:
+        """The language model's loss with logits only at the ``keep`` positions (``(B, L)`` bool); the
+        loss is the full one when ``keep`` covers every labelled position (:func:`labelled_positions`)."""
+        if keep.shape != labels.shape:
+            raise ValueError(f"logits_to_keep is a {tuple(keep.shape)} mask but labels are {tuple(labels.shape)}")
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            logits_to_keep=keep,
+            **kwargs,
+        )  # logits: (K, V), K = keep.sum()
+        targets = labelled_targets(labels)[keep]  # (K,) the token each kept position predicts
+        outputs.loss = self.language_model.loss_function(
+            logits=outputs.logits,
+            labels=None,
+            vocab_size=self.language_model.config.vocab_size,
+            shift_labels=targets,
+            **kwargs,
+        )
+        return outputs
 
     def _embed_images(
         self,

@@ -20,6 +20,9 @@ module only adds what is ours:
   running skip count (:meth:`StageTrainer.log`); the Trainer's progress bar prints them.
 * checkpoints: :mod:`llava_vid.train.checkpoints` marks each one complete after every process wrote it
   and rotates old ones; a run resumes from the newest *complete* checkpoint (``resume_from_checkpoint``).
+* the loss from the logits of the labelled positions only (``logits_to_keep`` =
+  :func:`~llava_vid.modeling.llava_vid.labelled_positions`): the same loss without projecting every
+  visual and prompt token onto the vocabulary — :meth:`StageTrainer.compute_loss`.
 * empty batches (every sample skipped): :meth:`StageTrainer.compute_loss` returns ``0 × Σ trainable
   parameters`` — a zero loss that still has a graph over every trainable parameter, so the backward
   pass, DeepSpeed's micro-step count and DDP's gradient reduction stay in step across processes. The
@@ -50,6 +53,7 @@ from llava_vid.data.collator import SkipCounter, TrainingCollator, pop_skipped
 from llava_vid.data.dataset import SKIP_REASONS, ConversationDataset
 from llava_vid.data.formats import DatasetSpec
 from llava_vid.data.sampler import ModalityLengthGroupedSampler
+from llava_vid.modeling.llava_vid import labelled_positions
 from llava_vid.processing.processor import IGNORE_INDEX
 from llava_vid.train.checkpoints import (
     CheckpointCompletion,
@@ -255,6 +259,9 @@ class StageTrainer(Trainer):
             # Zero, but with a graph over every trainable parameter (see the module docstring).
             loss = sum((parameter * 0).sum() for parameter in model.parameters() if parameter.requires_grad)
             return (loss, None) if return_outputs else loss
+        if "labels" in inputs:
+            # Logits only where the loss reads them: most positions are visual or prompt tokens.
+            inputs = {**inputs, "logits_to_keep": labelled_positions(inputs["labels"])}
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
