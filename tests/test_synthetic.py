@@ -271,12 +271,13 @@ def test_train_multi_image_records_follow_up_with_each_image(world) -> None:
         elif task in ("compare_colour", "pick_colour"):
             colours = [_nearest_colour(_pixels(world.root / image)[_saturated(_pixels(world.root / image))]) for image in record["image"]]
             expected = {pick_colour.format(image=o): c for o, c in zip(ORDINALS, colours) if o != record.get("asked")}
+            if task == "pick_colour":
+                expected[TASKS["compare_colour"].question] = "yes" if colours[0] == colours[1] else "no"
         else:
             continue
         assert follow_ups == expected, record["id"]
         seen[task] += 1
     assert set(seen) == {"compare_count", "pick_count", "compare_colour", "pick_colour"}
-
 
 
 def test_train_video_records_follow_up_with_what_else_they_show(world) -> None:
@@ -375,7 +376,6 @@ def test_answers_are_balanced(tmp_path: Path) -> None:
     assert sorted(by_task["video_motion"].values()) == [3, 4]
 
 
-
 def test_answers_stay_balanced_over_every_turn(tmp_path: Path) -> None:
     """Follow-ups ask other tasks' questions; over every turn of the train file (first questions and
     follow-ups alike) a yes/no question still gets each answer about as often: a follow-up whose answer
@@ -391,6 +391,7 @@ def test_answers_stay_balanced_over_every_turn(tmp_path: Path) -> None:
                 same_colour[answer["value"]] += 1
     assert sum(same_colour.values()) >= 40
     assert 0.4 <= same_colour["yes"] / sum(same_colour.values()) <= 0.6, same_colour
+
 
 @pytest.mark.parametrize(
     ("change", "name"),

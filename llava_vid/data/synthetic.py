@@ -747,14 +747,18 @@ def _make_compare_colour(job: _Job, rng: np.random.Generator) -> _Sample:
 
 
 def _make_pick_colour(job: _Job, rng: np.random.Generator) -> _Sample:
-    """Two images of one shape each (as compare_colour's, colours independent); the question names one."""
+    """Two images of one shape each (as compare_colour's); the question names one. The other image has
+    the same colour half of the time, so the "same colour?" follow-up is "yes" as often as "no" (with
+    independent colours it would be "no" five times in six, a prior the comparison would learn)."""
     asked = int(rng.integers(2))
-    colours = [job.answer if k == asked else _pick(rng, tuple(COLOURS)) for k in range(2)]
+    same = bool(rng.integers(2))
+    other_colour = job.answer if same else _pick(rng, tuple(COLOURS), exclude=(job.answer,))
+    colours = [job.answer if k == asked else other_colour for k in range(2)]
     relatives, hashes = _save_images(job, [_one_shape_image(job.options.image_size, colour, rng) for colour in colours])
     other = 1 - asked
-    # Not "are they the same colour?" too: with independent colours its answer would be "no" five times
-    # in six, a prior the comparison learns (with it, 9 of 30 same-colour held-out pairs were called different).
-    follow_ups = _follow_up_turns(job, rng, [(_question("pick_colour", ORDINALS[other]), colours[other])])
+    turns = [(_question("pick_colour", ORDINALS[other]), colours[other])]
+    turns.append((_question("compare_colour"), "yes" if same else "no"))
+    follow_ups = _follow_up_turns(job, rng, turns)
     record = _qa_record(job, "image", relatives, job.answer, asked=ORDINALS[asked], follow_ups=follow_ups, colours=colours)
     return _Sample(record, hashes)
 
