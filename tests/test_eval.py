@@ -192,6 +192,16 @@ def test_evaluate_scores_exact_matches(world: Path, model_and_processor: tuple[A
     assert report.accuracy == (1.0 if right else 0.0)
     assert all(result.accuracy == (1.0 if right else 0.0) for result in report.tasks)
     assert all(example.correct is right for result in report.tasks for example in result.examples)
+    # The confusion counts each answer under its sample's reference: all on the diagonal, or all off it.
+    given = iter(answers)
+    for task, result in zip(tasks, report.tasks):
+        expected: dict[str, dict[str, int]] = {}
+        for sample in task.samples:
+            row = expected.setdefault(sample.reference, {})
+            answer_given = next(given)
+            row[answer_given] = row.get(answer_given, 0) + 1
+        assert result.confusion == expected
+        assert all((reference in row) is right for reference, row in result.confusion.items())
     assert len(calls) == len(tasks) * 2  # batches never mix tasks: 2 + 1 per task
     assert all(call["do_sample"] is False and call["max_new_tokens"] == 8 for call in calls)
     assert all(call["input_ids"].shape[0] <= 2 for call in calls)
@@ -206,6 +216,7 @@ def test_report_files_and_table(world: Path, model_and_processor: tuple[Any, Any
     saved = json.loads(json_path.read_text())
     assert set(saved["tasks"]) == {"video_motion", "compare_colour"}
     assert saved["tasks"]["video_motion"]["chance"] == 0.5
+    assert sum(sum(row.values()) for row in saved["tasks"]["compare_colour"]["confusion"].values()) == 1
     with Image.open(png_path) as image:
         image.load()
         assert image.width > 100 and image.height > 100
@@ -262,7 +273,8 @@ def test_report_round_trips_through_eval_json(tmp_path) -> None:
         world_dir="w",
         tasks=[
             TaskResult("needle", 4, 3, 0.25, ("star", "ring", "cross", "arrow"), 1.5,
-                       [Example("1", "What symbol?", "star", "star", True)], {"star": 3, "ring": 1}),
+                       [Example("1", "What symbol?", "star", "star", True)], {"star": 3, "ring": 1},
+                       {"star": {"star": 3, "ring": 1}}),
             TaskResult("compare_colour", 2, 1, 0.5, ("yes", "no"), 0.5),
         ],
         image_treatment="auto", batch_size=8, max_new_tokens=8, seconds=2.0,
@@ -270,6 +282,9 @@ def test_report_round_trips_through_eval_json(tmp_path) -> None:
     write_report(report, tmp_path)
     again = read_report(tmp_path)
     assert again == report and format_table(again) == format_table(report)
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    del saved["tasks"]["needle"]["confusion"]  # a report written before the confusion was recorded
+    assert EvalReport.from_json(saved).tasks[0].confusion == {}
 
 
 def test_a_failed_report_write_leaves_the_previous_report_whole(tmp_path, monkeypatch) -> None:

@@ -38,7 +38,9 @@ class Example:
 @dataclass(frozen=True)
 class TaskResult:
     """One task's score. ``predictions`` counts the normalised answers given (a model stuck on one
-    answer shows up here at a glance, whatever its accuracy)."""
+    answer shows up here at a glance, whatever its accuracy); ``confusion`` splits them by the right
+    answer (reference → normalised answer given → count), so a rule the model follows instead of the
+    question, e.g. "no" only to one kind of sample, shows too."""
 
     task: str
     n: int
@@ -48,6 +50,7 @@ class TaskResult:
     seconds: float
     examples: list[Example] = field(default_factory=list)
     predictions: dict[str, int] = field(default_factory=dict)
+    confusion: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:
@@ -107,6 +110,7 @@ class EvalReport:
                     "times_chance": result.times_chance,
                     "answers": list(result.answers),
                     "predictions": result.predictions,
+                    "confusion": result.confusion,
                     "seconds": round(result.seconds, 3),
                     "samples_per_second": round(result.samples_per_second, 3),
                     "examples": [asdict(example) for example in result.examples],
@@ -128,6 +132,7 @@ class EvalReport:
                 seconds=entry["seconds"],
                 examples=[Example(**example) for example in entry["examples"]],
                 predictions=dict(entry["predictions"]),
+                confusion={reference: dict(given) for reference, given in entry.get("confusion", {}).items()},  # absent before it was added
             )
             for name, entry in data["tasks"].items()
         ]
@@ -197,6 +202,10 @@ def _evaluate_task(
         bar.update(len(batch))
     seconds = time.perf_counter() - started
     matches = [is_exact_match(p, s.reference) for p, s in zip(predictions, task.samples)]
+    given = [normalize_answer(p) for p in predictions]
+    confusion: dict[str, Counter[str]] = {}
+    for sample, answer in zip(task.samples, given):
+        confusion.setdefault(sample.reference, Counter())[answer] += 1
     examples = [
         Example(sample.id, sample.question, sample.reference, prediction, match)
         for sample, prediction, match in list(zip(task.samples, predictions, matches))[:EXAMPLES_PER_TASK]
@@ -209,7 +218,8 @@ def _evaluate_task(
         answers=task.answers,
         seconds=seconds,
         examples=examples,
-        predictions=dict(Counter(normalize_answer(p) for p in predictions).most_common()),
+        predictions=dict(Counter(given).most_common()),
+        confusion={reference: dict(counts.most_common()) for reference, counts in sorted(confusion.items())},
     )
 
 
