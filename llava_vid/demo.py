@@ -52,6 +52,7 @@ __all__ = [
     "run_demo",
     "run_steps",
     "seeded",
+    "task_subset",
     "train_stage",
     "write_preset",
 ]
@@ -203,6 +204,18 @@ def data_overrides(world: Path, file: str) -> list[str]:
         f"data.0.video_root={world}",
         f"data.0.video.fps={fps}",
     ]
+
+
+def task_subset(world: Path, folder: Path, tasks: tuple[str, ...] | list[str]) -> str:
+    """Write the world's train records of ``tasks`` to ``folder/train_subset.jsonl`` and return its absolute
+    path (``data_overrides`` takes it; media paths stay relative to the world): stage 2 on a few tasks."""
+    records = [line for line in (world / "train.jsonl").read_text(encoding="utf-8").splitlines()
+               if json.loads(line).get("task") in tasks]  # fmt: skip
+    if not records:
+        raise ValueError(f"{world / 'train.jsonl'} holds no records of the tasks {list(tasks)}")
+    path = folder / "train_subset.jsonl"
+    path.write_text("\n".join(records) + "\n", encoding="utf-8")
+    return str(path.resolve())
 
 
 def evaluate_into(world: Path, model_dir: Path, out: Path, **evaluate_options: Any) -> None:

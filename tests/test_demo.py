@@ -144,14 +144,42 @@ def test_ablations_refuse_a_demo_not_made_with_the_full_settings(smoke_run: tupl
     assert not (out / "ablations").exists()  # nothing trained
 
 
-def test_ablation_subset_keeps_only_the_named_tasks(smoke_run: tuple[Path, str], tmp_path: Path) -> None:
+def test_a_task_subset_keeps_only_the_named_tasks(smoke_run: tuple[Path, str], tmp_path: Path) -> None:
+    from llava_vid.demo import task_subset
+
     out, _ = smoke_run
-    tool = _ablations_tool()
-    path = Path(tool._subset(out / "world", tmp_path, tool.SHORT_VIDEO_TASKS))
+    short_videos = _ablations_tool().SHORT_VIDEO_TASKS
+    path = Path(task_subset(out / "world", tmp_path, short_videos))
     tasks = {json.loads(line)["task"] for line in path.read_text().splitlines()}
-    assert tasks == set(tool.SHORT_VIDEO_TASKS)
+    assert tasks == set(short_videos)
     with pytest.raises(ValueError, match="no records"):
-        tool._subset(out / "world", tmp_path, ("no_such_task",))
+        task_subset(out / "world", tmp_path, ("no_such_task",))
+
+
+def test_a_proxy_trains_on_its_tasks_is_reused_and_refuses_other_arguments(smoke_run: tuple[Path, str], capsys) -> None:
+    out, _ = smoke_run
+    tool = _tool("demo_proxy")
+    arguments = ["--demo", str(out), "--name", "colour", "--tasks", "compare_colour,pick_colour"]
+    assert tool.main(arguments) == 0
+    printed = capsys.readouterr().out
+    folder = out / "proxies" / "colour"
+    assert list(json.loads((folder / "eval" / "eval.json").read_text())["tasks"]) == ["compare_colour", "pick_colour"]
+    assert "overall" in printed and "compare_colour: " in printed and " → " in printed  # the table, the confusion
+    trained = {json.loads(line)["task"] for line in (folder / "train_subset.jsonl").read_text().splitlines()}
+    assert trained == {"compare_colour", "pick_colour"}
+    config = (folder / "stage2" / "train_config.yaml").read_text()
+    assert "train_subset.jsonl" in config and str((out / "stage1" / "final").resolve()) in config
+    weights = folder / "stage2" / "final" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert tool.main(arguments) == 0
+    assert "already done" in capsys.readouterr().out and weights.stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit):
+        tool.main([*arguments, "learning_rate=5e-4"])
+    error = capsys.readouterr().err
+    assert "other arguments" in error and "overrides" in error
+    with pytest.raises(SystemExit):
+        tool.main(["--demo", str(out), "--name", "other", "--tasks", "compare_colour,no_such_task"])
+    assert "no_such_task" in capsys.readouterr().err and not (out / "proxies" / "other").exists()
 
 
 def test_probe_tool_reads_every_probe_from_the_smoke_tower(smoke_run: tuple[Path, str], tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ from llava_vid.demo import (
     evaluate_into,
     run_steps,
     seeded,
+    task_subset,
     train_stage,
     write_preset,
 )
@@ -93,7 +94,7 @@ def run_ablation(demo: Path, ablation: Ablation, settings: DemoSettings, *, deep
     the seed) and return both models' accuracies on its tasks."""
     world, folder = demo / "world", demo / "ablations" / ablation.name
     folder.mkdir(parents=True, exist_ok=True)
-    train_file = _subset(world, folder, ablation.train_tasks) if ablation.train_tasks else "train.jsonl"
+    train_file = task_subset(world, folder, ablation.train_tasks) if ablation.train_tasks else "train.jsonl"
     steps = []
     stage1 = demo / "stage1"
     if ablation.preset_changes:
@@ -138,18 +139,6 @@ def run_ablation(demo: Path, ablation: Ablation, settings: DemoSettings, *, deep
         scores[side] = {task: report["tasks"][task] for task in tasks}
     return {"ablation": ablation.name, "what": ablation.what, "baseline": ablation.baseline, "variant": ablation.variant,
             "tasks": tasks, "trained_on": list(ablation.train_tasks) or "every task", "scores": scores}  # fmt: skip
-
-
-def _subset(world: Path, folder: Path, tasks: tuple[str, ...]) -> str:
-    """Write the world's train records of ``tasks`` to ``folder`` and return that file relative to the world
-    (as ``data_overrides`` takes it; media paths stay relative to the world)."""
-    records = [line for line in (world / "train.jsonl").read_text(encoding="utf-8").splitlines()
-               if json.loads(line).get("task") in tasks]  # fmt: skip
-    if not records:
-        raise ValueError(f"{world / 'train.jsonl'} holds no records of the tasks {list(tasks)}")
-    path = folder / "train_subset.jsonl"
-    path.write_text("\n".join(records) + "\n", encoding="utf-8")
-    return str(path.resolve())
 
 
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
