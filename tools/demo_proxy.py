@@ -27,6 +27,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from llava_vid.atomic import write_file_atomically
 from llava_vid.data.synthetic import QA_TASKS
 from llava_vid.demo import DEMO_STAGE2, SETTINGS_FILE, Step, data_overrides, evaluate_into, run_steps, task_subset, train_stage
 from llava_vid.eval import EvalReport, format_table, read_report
@@ -66,7 +67,8 @@ def run_proxy(demo: Path, name: str, tasks: Sequence[str], *, train: Path | None
         if folder.exists():  # left by a run cut off before it recorded its arguments
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        record.write_text(json.dumps(arguments, indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(arguments, indent=2) + "\n"
+        write_file_atomically(record, lambda staging: staging.write_text(text, encoding="utf-8"))
     train_file = arguments["train"] or task_subset(world, folder, tasks)
     stage2, evaluation = folder / "stage2", folder / "eval"
     run_steps([
