@@ -1,5 +1,5 @@
-"""`llava-vid demo --smoke`: the whole embedded demo (world → tower → stage 1 and 2 through DeepSpeed
-ZeRO-2 → held-out evaluation → three answers) with a handful of samples, so CI keeps every step working;
+"""`llava-vid demo --smoke`: the whole embedded demo (world → tower → stage 1, the stage-2 warm-up and
+stage 2 through DeepSpeed ZeRO-2 → held-out evaluation → three answers) with a handful of samples, so CI keeps every step working;
 then a second run that reuses everything, an interrupted one that redoes only what is unfinished, and
 a folder made with other settings refused."""
 
@@ -13,12 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llava_vid.cli import main
 from llava_vid.data.synthetic import QA_TASKS
+from llava_vid.demo import WARMUP_TASKS
 from llava_vid.train.checkpoints import is_complete
 
-STEPS = 5  # numbered steps whose results are kept; the sixth (the answers) always runs
+STEPS = 6  # numbered steps whose results are kept; the seventh (the answers) always runs
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def _run_again(out: Path, capsys: pytest.CaptureFixture, *extra: str) -> str:
 def test_every_step_runs_and_the_table_and_answers_are_printed(smoke_run: tuple[Path, str]) -> None:
     out, printed = smoke_run
     for number in range(1, STEPS + 1):
-        assert f"[{number}/6]" in printed and "already done" not in printed
+        assert f"[{number}/{STEPS + 1}]" in printed and "already done" not in printed
     table = printed[printed.index("task ") :]
     for task in QA_TASKS:
         assert task in table, f"{task} missing from the accuracy table"
@@ -50,19 +52,24 @@ def test_every_step_runs_and_the_table_and_answers_are_printed(smoke_run: tuple[
     report = json.loads((out / "eval" / "eval.json").read_text())
     assert set(report["tasks"]) == set(QA_TASKS)
     assert (out / "eval" / "eval.png").stat().st_size > 0
-    for stage in ("stage1", "stage2"):
+    for stage in ("stage1", "stage2a", "stage2"):
         assert (out / stage / "final").is_dir() and (out / stage / "loss_curve.png").is_file()
     # Stage 1 kept only the multimodal layers on top of the pretrained tower; stage 2 is a full model.
     assert (out / "stage1" / "final" / "multimodal.safetensors").is_file()
     assert (out / "stage2" / "final" / "model.safetensors").is_file()
     assert (out / "stage2" / "final" / "train_config.yaml").is_file()
+    # The warm-up trained on the colour questions alone, and stage 2 started from it.
+    warmup_tasks = {json.loads(line)["task"] for line in (out / "stage2a" / "train_subset.jsonl").read_text().splitlines()}
+    assert warmup_tasks == set(WARMUP_TASKS)
+    stage2_config = yaml.safe_load((out / "stage2" / "final" / "train_config.yaml").read_text())
+    assert Path(stage2_config["model"]) == out / "stage2a" / "final"
 
 
 def test_a_second_run_reuses_every_step(smoke_run: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:
     out, _ = smoke_run
     printed = _run_again(out, capsys)
     for number in range(1, STEPS + 1):
-        assert f"[{number}/6]" in printed
+        assert f"[{number}/{STEPS + 1}]" in printed
     assert printed.count("already done, reused") == STEPS
     assert printed.count("(reference: ") == 3
 
@@ -83,9 +90,9 @@ def test_an_interrupted_stage_resumes_and_a_partial_checkpoint_is_not_used(
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"cut off")
     printed = _run_again(out, capsys)
-    assert printed.count("already done, reused") == 3  # world, tower, stage 1
-    assert "[4/6] stage 2: instruction tuning: done" in printed
-    assert "[5/6] held-out evaluation: done" in printed
+    assert printed.count("already done, reused") == 4  # world, tower, stage 1, stage 2a
+    assert "[5/7] stage 2: instruction tuning: done" in printed
+    assert "[6/7] held-out evaluation: done" in printed
     assert (stage2 / "final").is_dir() and (out / "eval" / "eval.json").stat().st_mtime_ns != old_eval
     shutil.rmtree(partial)
 
@@ -109,7 +116,7 @@ def test_a_seed_reaches_every_random_draw_and_bad_seeds_are_named() -> None:
 
     settings = seeded(FULL, 3)
     assert settings.world["seed"] == 3 and settings.vision["seed"] == 3
-    assert settings.stage1[-1] == "seed=3" and settings.stage2[-1] == "seed=3"
+    assert settings.stage1[-1] == settings.warmup[-1] == settings.stage2[-1] == "seed=3"
     for bad in (-1, True, 1.5):
         with pytest.raises(ValueError, match="demo seed"):
             seeded(FULL, bad)
@@ -144,16 +151,17 @@ def test_ablations_refuse_a_demo_not_made_with_the_full_settings(smoke_run: tupl
     assert not (out / "ablations").exists()  # nothing trained
 
 
-def test_a_task_subset_keeps_only_the_named_tasks(smoke_run: tuple[Path, str], tmp_path: Path) -> None:
-    from llava_vid.demo import task_subset
+def test_task_subset_keeps_only_the_named_tasks(smoke_run: tuple[Path, str], tmp_path: Path) -> None:
+    from llava_vid.demo import write_task_subset
 
     out, _ = smoke_run
     short_videos = _ablations_tool().SHORT_VIDEO_TASKS
-    path = Path(task_subset(out / "world", tmp_path, short_videos))
+    path = write_task_subset(out / "world", short_videos, tmp_path / "subset.jsonl")
     tasks = {json.loads(line)["task"] for line in path.read_text().splitlines()}
     assert tasks == set(short_videos)
     with pytest.raises(ValueError, match="no records"):
-        task_subset(out / "world", tmp_path, ("no_such_task",))
+        write_task_subset(out / "world", ("no_such_task",), tmp_path / "none.jsonl")
+    assert not (tmp_path / "none.jsonl").exists()
 
 
 def test_a_proxy_trains_on_its_tasks_is_reused_and_refuses_other_arguments(smoke_run: tuple[Path, str], capsys) -> None:

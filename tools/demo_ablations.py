@@ -3,6 +3,9 @@
 Run after `llava-vid demo` (it reuses that run's world, vision tower and stage 1); every variant is
 trained with the demo's own recipe and evaluated on the same held-out samples as the demo's model:
 
+Each variant redoes the stage-2 warm-up (the colour questions first, :func:`llava_vid.demo.warmup_step`)
+and stage 2 with its own settings, as the demo does:
+
 * ``anyres``:  stage 2 again with ``image_treatment=global`` (one 56 px view per image, in training and
                evaluation) against the demo's AnyRes model, on ``document_word``;
 * ``context``: stage 1 and stage 2 again with the preset's ``video_context_token: false`` (content tokens
@@ -10,7 +13,8 @@ trained with the demo's own recipe and evaluated on the same held-out samples as
 * ``grid``:    ``g = 1`` against ``g = 2`` content tokens per frame (in training and evaluation) on the four
                short-video tasks, both arms' stage 2 trained on those tasks' records only (from the demo's
                stage 1): with every task, ``g = 2`` would also apply to the 256-frame needles (1280
-               tokens each) and the variant would cost three times the demo's stage 2.
+               tokens each) and the variant would cost three times the demo's stage 2. Both arms start
+               from the demo's warm-up (the baseline) or their own (the variant).
 
     python tools/demo_ablations.py --demo runs/demo [--only anyres,context,grid]
 
@@ -24,7 +28,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +45,10 @@ from llava_vid.demo import (
     evaluate_into,
     run_steps,
     seeded,
-    task_subset,
     train_stage,
+    warmup_step,
     write_preset,
+    write_task_subset,
 )
 
 SHORT_VIDEO_TASKS = tuple(name for name, spec in TASKS.items() if spec.media == "video")
@@ -94,7 +99,9 @@ def run_ablation(demo: Path, ablation: Ablation, settings: DemoSettings, *, deep
     the seed) and return both models' accuracies on its tasks."""
     world, folder = demo / "world", demo / "ablations" / ablation.name
     folder.mkdir(parents=True, exist_ok=True)
-    train_file = task_subset(world, folder, ablation.train_tasks) if ablation.train_tasks else "train.jsonl"
+    train_file = "train.jsonl"
+    if ablation.train_tasks:
+        train_file = str(write_task_subset(world, ablation.train_tasks, folder / "train_subset.jsonl"))
     steps = []
     stage1 = demo / "stage1"
     if ablation.preset_changes:
@@ -106,10 +113,14 @@ def run_ablation(demo: Path, ablation: Ablation, settings: DemoSettings, *, deep
              *ablation.stage_overrides],
             deepspeed=deepspeed,
         )))  # fmt: skip
+    # The variant's own warm-up: its preset or overrides may change how the warm-up's images are seen.
+    variant_settings = replace(settings, warmup=(*settings.warmup, *ablation.stage_overrides))
+    warmup = folder / "stage2a"
+    steps.append(warmup_step(world, stage1, warmup, variant_settings, deepspeed=deepspeed))
     stage2 = folder / "stage2"
     steps.append(Step("stage 2", stage2 / "final", folder=stage2, run=lambda: train_stage(
         DEMO_STAGE2,
-        [f"model={stage1 / 'final'}", f"output_dir={stage2}", *data_overrides(world, train_file), *settings.stage2,
+        [f"model={warmup / 'final'}", f"output_dir={stage2}", *data_overrides(world, train_file), *settings.stage2,
          *ablation.stage_overrides],
         deepspeed=deepspeed,
     )))  # fmt: skip
@@ -119,7 +130,7 @@ def run_ablation(demo: Path, ablation: Ablation, settings: DemoSettings, *, deep
         baseline = baseline_stage2 / "final"
         steps.append(Step("stage 2 (baseline)", baseline, folder=baseline_stage2, run=lambda: train_stage(
             DEMO_STAGE2,
-            [f"model={demo / 'stage1' / 'final'}", f"output_dir={baseline_stage2}", *data_overrides(world, train_file),
+            [f"model={demo / 'stage2a' / 'final'}", f"output_dir={baseline_stage2}", *data_overrides(world, train_file),
              *settings.stage2],
             deepspeed=deepspeed,
         )))  # fmt: skip

@@ -8,8 +8,8 @@ about the recipe in minutes instead of a full run (the *proxy* rows of BENCHMARK
   evaluated on their held-out samples;
 * ``--train FILE``: train on this file instead (records of your own, media paths relative to the demo's
   world: e.g. those records with one follow-up turn dropped);
-* ``--start MODEL``: start from this model instead of the demo's stage 1, e.g. another proxy's
-  ``stage2/final`` (a warm-up on two tasks, then the four);
+* ``--start MODEL``: start from this model instead of the demo's stage 1, e.g. the demo's
+  ``stage2a/final`` (its colour warm-up, as the demo's stage 2 does) or another proxy's ``stage2/final``;
 * ``key=value``: overrides of ``configs/train/demo_stage2.yaml``, after the demo's own (its seed), e.g.
   ``learning_rate=5e-4``, ``num_train_epochs=6``, ``seed=1``.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from llava_vid.atomic import write_file_atomically
 from llava_vid.data.synthetic import QA_TASKS
-from llava_vid.demo import DEMO_STAGE2, SETTINGS_FILE, Step, data_overrides, evaluate_into, run_steps, task_subset, train_stage
+from llava_vid.demo import DEMO_STAGE2, SETTINGS_FILE, Step, data_overrides, evaluate_into, run_steps, train_stage, write_task_subset
 from llava_vid.eval import EvalReport, format_table, read_report
 
 
@@ -69,7 +69,7 @@ def run_proxy(demo: Path, name: str, tasks: Sequence[str], *, train: Path | None
         folder.mkdir(parents=True)
         text = json.dumps(arguments, indent=2) + "\n"
         write_file_atomically(record, lambda staging: staging.write_text(text, encoding="utf-8"))
-    train_file = arguments["train"] or task_subset(world, folder, tasks)
+    train_file = arguments["train"] or str(write_task_subset(world, tuple(tasks), folder / "train_subset.jsonl"))
     stage2, evaluation = folder / "stage2", folder / "eval"
     run_steps([
         Step("stage 2 on " + ("the given records" if train else ", ".join(tasks)), stage2 / "final", folder=stage2,
