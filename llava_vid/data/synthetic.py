@@ -146,8 +146,8 @@ VISION_GROUPS: tuple[str, ...] = ("shape", "symbol", "empty", "count", "word", "
 # ("the shape in the second image"), which teach reading one image by its place, 87% and 93%. With the
 # pick questions also asked as follow-ups of every multi-image record, 600 colour records a task teach
 # the colour comparison when those two tasks train alone (95%); beside the 900 counting triples it stays
-# at chance, with 600 or 1200 (never learned: BENCHMARKS.md); trained first, alone, it survives them
-# but counting pays for it. Why is open, so the count stays where it is cheapest.
+# at chance, with 600 or 1200 (never learned: BENCHMARKS.md); trained first, alone (the demo's stage
+# 2a), it survives them but counting pays for it. Why is open, so the count stays where it is cheapest.
 # A batch of 16 needles (16–256 frames, see needle_train_shortest) trains in ~1.8 s, of documents ~1.6 s,
 # of short videos or multi-image questions ~0.4 s: 750 needles stayed at chance in an earlier recipe and
 # took the demo past its 25 minutes, so 300, and the time goes to documents and the multi-image tasks.
