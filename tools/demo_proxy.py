@@ -66,7 +66,6 @@ def run_proxy(demo: Path, name: str, tasks: Sequence[str], *, train: Path | None
     else:
         if folder.exists():  # left by a run cut off before it recorded its arguments
             shutil.rmtree(folder)
-        folder.mkdir(parents=True)
         text = json.dumps(arguments, indent=2) + "\n"
         write_file_atomically(record, lambda staging: staging.write_text(text, encoding="utf-8"))
     train_file = arguments["train"] or str(write_task_subset(world, tuple(tasks), folder / "train_subset.jsonl"))
