@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import yaml
 
-from llava_vid.atomic import write_folder_atomically
+from llava_vid.atomic import write_file_atomically, write_folder_atomically
 from llava_vid.checks import check_int
 from llava_vid.data.synthetic import QA_TASKS
 
@@ -229,9 +229,8 @@ def write_task_subset(world: Path, tasks: tuple[str, ...], path: Path) -> Path:
     records = [line for line in source.read_text(encoding="utf-8").splitlines() if json.loads(line).get("task") in tasks]
     if not records:
         raise ValueError(f"{source} holds no records of the tasks {list(tasks)}")
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text("\n".join(records) + "\n", encoding="utf-8")
-    os.replace(staging, path)
+    text = "\n".join(records) + "\n"
+    write_file_atomically(path, lambda staging: staging.write_text(text, encoding="utf-8"))
     return path.resolve()
 
 
@@ -240,7 +239,6 @@ def warmup_step(world: Path, stage1: Path, warmup: Path, settings: DemoSettings,
     :data:`WARMUP_TASKS` records alone, from ``stage1/final``."""
 
     def run() -> None:
-        warmup.mkdir(parents=True, exist_ok=True)
         subset = write_task_subset(world, WARMUP_TASKS, warmup / "train_subset.jsonl")
         train_stage(
             DEMO_STAGE2,
@@ -327,9 +325,8 @@ def claim_folder(out: Path, settings: DemoSettings, *, deepspeed: bool) -> None:
         return
     if any(out.iterdir()):
         raise ValueError(f"{out} is not empty and holds no {SETTINGS_FILE}; pass an empty or new folder as --out")
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
-    os.replace(staging, path)
+    text = json.dumps(wanted, indent=2) + "\n"
+    write_file_atomically(path, lambda staging: staging.write_text(text, encoding="utf-8"))
 
 
 def run_demo(out: str | os.PathLike, *, smoke: bool = False, deepspeed: bool = True, seed: int = 0) -> Path:

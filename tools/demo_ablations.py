@@ -11,10 +11,10 @@ and stage 2 with its own settings, as the demo does:
 * ``context``: stage 1 and stage 2 again with the preset's ``video_context_token: false`` (content tokens
                only) against the demo's context + content model, on ``needle`` (and the short videos);
 * ``grid``:    ``g = 1`` against ``g = 2`` content tokens per frame (in training and evaluation) on the four
-               short-video tasks, both arms' stage 2 trained on those tasks' records only (from the demo's
-               stage 1): with every task, ``g = 2`` would also apply to the 256-frame needles (1280
-               tokens each) and the variant would cost three times the demo's stage 2. Both arms start
-               from the demo's warm-up (the baseline) or their own (the variant).
+               short-video tasks, both arms' stage 2 trained on those tasks' records only: with every
+               task, ``g = 2`` would also apply to the 256-frame needles (1280 tokens each) and the
+               variant would cost three times the demo's stage 2. Both arms start from the demo's
+               warm-up (the baseline) or their own (the variant).
 
     python tools/demo_ablations.py --demo runs/demo [--only anyres,context,grid]
 
