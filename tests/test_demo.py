@@ -58,7 +58,7 @@ def test_every_step_runs_and_the_table_and_answers_are_printed(smoke_run: tuple[
     assert (out / "stage1" / "final" / "multimodal.safetensors").is_file()
     assert (out / "stage2" / "final" / "model.safetensors").is_file()
     assert (out / "stage2" / "final" / "train_config.yaml").is_file()
-    # The warm-up trained on the colour questions alone, and stage 2 started from it.
+    # The warm-up trained on its tasks' records alone, and stage 2 started from it.
     warmup_tasks = {json.loads(line)["task"] for line in (out / "stage2a" / "train_subset.jsonl").read_text().splitlines()}
     assert warmup_tasks == set(WARMUP_TASKS)
     stage2_config = yaml.safe_load((out / "stage2" / "final" / "train_config.yaml").read_text())

@@ -3,18 +3,19 @@
 Run after `llava-vid demo` (it reuses that run's world, vision tower and stage 1); every variant is
 trained with the demo's own recipe and evaluated on the same held-out samples as the demo's model:
 
-Each variant redoes the stage-2 warm-up (the colour questions first, :func:`llava_vid.demo.warmup_step`)
+Each variant redoes the stage-2 warm-up (the colour and motion questions first, :func:`llava_vid.demo.warmup_step`)
 and stage 2 with its own settings, as the demo does:
 
 * ``anyres``:  stage 2 again with ``image_treatment=global`` (one 56 px view per image, in training and
                evaluation) against the demo's AnyRes model, on ``document_word``;
-* ``context``: stage 1 and stage 2 again with the preset's ``video_context_token: false`` (content tokens
-               only) against the demo's context + content model, on ``needle`` (and the short videos);
+* ``context``: stage 1 and stage 2 again with LLaMA-VID's context token beside each frame's content token
+               (the preset's ``video_context_token: true``) against the demo's content-only model, on
+               ``needle`` (and the short videos);
 * ``grid``:    ``g = 1`` against ``g = 2`` content tokens per frame (in training and evaluation) on the four
                short-video tasks, both arms' stage 2 trained on those tasks' records only: with every
-               task, ``g = 2`` would also apply to the 256-frame needles (1280 tokens each) and the
-               variant would cost three times the demo's stage 2. Both arms start from the demo's
-               warm-up (the baseline) or their own (the variant).
+               task, ``g = 2`` would also apply to the 256-frame needles (1024 video tokens each, past
+               stage 2's ``max_length`` with the question). Both arms start from the demo's warm-up
+               (the baseline) or their own (the variant).
 
     python tools/demo_ablations.py --demo runs/demo [--only anyres,context,grid]
 
@@ -82,12 +83,12 @@ ABLATIONS: dict[str, Ablation] = {
             "global view only", ("document_word",), {}, ("image_treatment=global",), {"image_treatment": "global"},
         ),
         Ablation(
-            "context", "needle in a long video: context + content tokens vs content only", "context + content",
-            "content only", ("needle", *SHORT_VIDEO_TASKS), {"video_context_token": False}, (), {},
+            "context", "needle in a long video: content tokens only vs context + content", "content only",
+            "context + content", ("needle", *SHORT_VIDEO_TASKS), {"video_context_token": True}, (), {},
         ),
         Ablation(
-            "grid", "short videos: content tokens per frame g = 1 vs g = 2", "g = 1 (1 + 1 tokens/frame)",
-            "g = 2 (1 + 4 tokens/frame)", SHORT_VIDEO_TASKS, {}, ("data.0.video.content_grid=2",),
+            "grid", "short videos: content tokens per frame g = 1 vs g = 2", "g = 1 (1 token/frame)",
+            "g = 2 (4 tokens/frame)", SHORT_VIDEO_TASKS, {}, ("data.0.video.content_grid=2",),
             {"video_overrides": {"content_grid": 2}}, train_tasks=SHORT_VIDEO_TASKS,
         ),
     )

@@ -9,7 +9,7 @@ about the recipe in minutes instead of a full run (the *proxy* rows of BENCHMARK
 * ``--train FILE``: train on this file instead (records of your own, media paths relative to the demo's
   world: e.g. those records with one follow-up turn dropped);
 * ``--start MODEL``: start from this model instead of the demo's stage 1, e.g. the demo's
-  ``stage2a/final`` (its colour warm-up, as the demo's stage 2 does) or another proxy's ``stage2/final``;
+  ``stage2a/final`` (its warm-up, as the demo's stage 2 does) or another proxy's ``stage2/final``;
 * ``key=value``: overrides of ``configs/train/demo_stage2.yaml``, after the demo's own (its seed), e.g.
   ``learning_rate=5e-4``, ``num_train_epochs=6``, ``seed=1``.
 
