@@ -9,7 +9,7 @@ complete checkpoint):
 2. ``vision_tower/``  a tiny CLIP pretrained contrastively on the world's image/caption pairs
                       (:mod:`llava_vid.train.vision_pretrain`) — the LLaVA recipe freezes a pretrained
                       tower, and with no downloads this is where ours comes from.
-3. ``stage1/final``   LLaVA stage 1 (projector + compressor on captions, ``plain`` template) through
+3. ``stage1/final``   LLaVA stage 1 (the projector on captions, ``plain`` template) through
                       ``llava-vid train`` with DeepSpeed ZeRO-2 (one CPU process, gloo).
 4. ``stage2a/final``  stage 2's recipe on the colour questions about image pairs and the motion clips
                       alone (:data:`WARMUP_TASKS`), from stage 1: the colour comparison is learned here
@@ -347,7 +347,7 @@ def run_demo(out: str | os.PathLike, *, smoke: bool = False, deepspeed: bool = T
     run_steps([
         Step("synthetic world", world, lambda: _make_world(world, settings)),
         Step("vision tower (contrastive pretraining)", tower, lambda: _pretrain_tower(world, tower, settings)),
-        Step("stage 1: align projector + compressor", stage1 / "final", folder=stage1, run=lambda: train_stage(
+        Step("stage 1: align the projector", stage1 / "final", folder=stage1, run=lambda: train_stage(
             DEMO_STAGE1,
             [f"model={write_preset(tower, preset)}", f"output_dir={stage1}", *data_overrides(world, "captions.jsonl"),
              *settings.stage1],
