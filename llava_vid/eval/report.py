@@ -51,7 +51,7 @@ def plot_accuracy(report: EvalReport, path: str | os.PathLike) -> Path:
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("exact-match accuracy")
     axes.set_title(f"held-out accuracy, overall {report.accuracy:.1%} (chance {report.chance:.1%}, n={report.n})")
-    axes.legend(loc="upper right", fontsize=8)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)  # beside the bars, never over one
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
