@@ -41,3 +41,8 @@ def write_file_atomically(destination: Path, write: Callable[[Path], None]) -> N
         os.replace(staging, destination)
     finally:
         staging.unlink(missing_ok=True)
+
+
+def write_text_atomically(destination: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``destination`` through :func:`write_file_atomically`."""
+    write_file_atomically(destination, lambda staging: staging.write_text(text, encoding="utf-8"))

@@ -14,7 +14,7 @@ complete checkpoint):
 4. ``stage2a/final``  stage 2's recipe on the colour questions about image pairs and the motion clips
                       alone (:data:`WARMUP_TASKS`), from stage 1: the colour comparison is learned here
                       or not at all (see there).
-5. ``stage2/final``   LLaVA stage 2 (projector + compressor + LLM on every task, ``vicuna_v1``), same path,
+5. ``stage2/final``   LLaVA stage 2 (projector + LLM on every task, ``vicuna_v1``), same path,
                       from ``stage2a/final``.
 6. ``eval/``          held-out exact-match accuracy per task beside chance (``eval.json``, ``eval.png``).
 7. three answers with the trained model: a video, a document and a multi-image question.
@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 import yaml
 
-from llava_vid.atomic import write_file_atomically, write_folder_atomically
+from llava_vid.atomic import write_folder_atomically, write_text_atomically
 from llava_vid.checks import check_int
 from llava_vid.data.synthetic import QA_TASKS
 
@@ -231,8 +231,7 @@ def write_task_subset(world: Path, tasks: tuple[str, ...], path: Path) -> Path:
     records = [line for line in source.read_text(encoding="utf-8").splitlines() if json.loads(line).get("task") in tasks]
     if not records:
         raise ValueError(f"{source} holds no records of the tasks {list(tasks)}")
-    text = "\n".join(records) + "\n"
-    write_file_atomically(path, lambda staging: staging.write_text(text, encoding="utf-8"))
+    write_text_atomically(path, "\n".join(records) + "\n")
     return path.resolve()
 
 
@@ -248,7 +247,7 @@ def warmup_step(world: Path, stage1: Path, warmup: Path, settings: DemoSettings,
             deepspeed=deepspeed,
         )
 
-    return Step("stage 2a: colour and motion questions first", warmup / "final", folder=warmup, run=run)
+    return Step(f"stage 2a: {' + '.join(WARMUP_TASKS)} first", warmup / "final", folder=warmup, run=run)
 
 
 def evaluate_into(world: Path, model_dir: Path, out: Path, **evaluate_options: Any) -> None:
@@ -327,8 +326,7 @@ def claim_folder(out: Path, settings: DemoSettings, *, deepspeed: bool) -> None:
         return
     if any(out.iterdir()):
         raise ValueError(f"{out} is not empty and holds no {SETTINGS_FILE}; pass an empty or new folder as --out")
-    text = json.dumps(wanted, indent=2) + "\n"
-    write_file_atomically(path, lambda staging: staging.write_text(text, encoding="utf-8"))
+    write_text_atomically(path, json.dumps(wanted, indent=2) + "\n")
 
 
 def run_demo(out: str | os.PathLike, *, smoke: bool = False, deepspeed: bool = True, seed: int = 0) -> Path:

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from llava_vid.atomic import write_file_atomically
+from llava_vid.atomic import write_text_atomically
 from llava_vid.data.synthetic import QA_TASKS
 from llava_vid.demo import DEMO_STAGE2, SETTINGS_FILE, Step, data_overrides, evaluate_into, run_steps, train_stage, write_task_subset
 from llava_vid.eval import EvalReport, format_table, read_report
@@ -66,8 +66,7 @@ def run_proxy(demo: Path, name: str, tasks: Sequence[str], *, train: Path | None
     else:
         if folder.exists():  # left by a run cut off before it recorded its arguments
             shutil.rmtree(folder)
-        text = json.dumps(arguments, indent=2) + "\n"
-        write_file_atomically(record, lambda staging: staging.write_text(text, encoding="utf-8"))
+        write_text_atomically(record, json.dumps(arguments, indent=2) + "\n")
     train_file = arguments["train"] or str(write_task_subset(world, tuple(tasks), folder / "train_subset.jsonl"))
     stage2, evaluation = folder / "stage2", folder / "eval"
     run_steps([

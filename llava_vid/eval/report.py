@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from llava_vid.atomic import write_file_atomically
+from llava_vid.atomic import write_file_atomically, write_text_atomically
 from llava_vid.eval.runner import EvalReport
 
 __all__ = ["format_table", "plot_accuracy", "read_report", "write_report"]
@@ -73,5 +73,5 @@ def write_report(report: EvalReport, out_dir: str | os.PathLike) -> tuple[Path, 
     json_path, png_path = out / "eval.json", out / "eval.png"
     text = json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n"
     write_file_atomically(png_path, lambda staging: plot_accuracy(report, staging))
-    write_file_atomically(json_path, lambda staging: staging.write_text(text, encoding="utf-8"))
+    write_text_atomically(json_path, text)
     return json_path, png_path
