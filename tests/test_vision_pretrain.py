@@ -41,7 +41,7 @@ PAIRS_ONLY = WorldOptions(
     workers=1,
 )
 TINY = VisionPretrainConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, patch_size=14, text_hidden_size=16, text_intermediate_size=32,
-                            projection_dim=16, steps=4, batch_size=8, warmup_steps=1, eval_batch_size=16)
+                            projection_dim=16, steps=4, batch_size=8, warmup_steps=1, eval_batch_size=16, processes=1)
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +156,26 @@ def test_same_seed_gives_the_same_tower(pairs: Path, tower: Path, tmp_path: Path
     assert all(torch.equal(first[name], second[name]) for name in first)
 
 
+def test_two_processes_train_the_tower_one_process_would(pairs: Path, tower: Path, tmp_path: Path) -> None:
+    """Each batch split between two processes (gathered embeddings, averaged gradients) takes the step one
+    process takes on the whole batch: the same tower to rounding, after every step's update. The batch of
+    7 splits 4 + 3, so the uneven share is covered too."""
+    odd = replace(TINY, batch_size=7)
+    one = pretrain_vision_tower(pairs, tmp_path / "one", replace(odd, processes=1), progress=False)
+    two = pretrain_vision_tower(pairs, tmp_path / "two", replace(odd, processes=2), progress=False)
+    first, second = CLIPVisionModel.from_pretrained(one).state_dict(), CLIPVisionModel.from_pretrained(two).state_dict()
+    # A key bias has no gradient in exact arithmetic (the softmax over keys ignores it), so Adam steps it
+    # by the rounding noise of its ~1e-9 gradient: it follows no formula worth comparing.
+    compared = [name for name in first if not name.endswith("k_proj.bias")]
+    assert len(compared) > 20
+    for name in compared:
+        torch.testing.assert_close(second[name], first[name], rtol=1e-4, atol=1e-5, msg=name)
+    changed = [name for name in first if not torch.equal(first[name], CLIPVisionModel.from_pretrained(tower).state_dict()[name])]
+    assert changed  # batch 7 is not the fixture's 8: the comparison is not of two copies of one run
+    losses = [json.loads((folder / SETTINGS_FILE).read_text())["loss_every_step"] for folder in (one, two)]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+
+
 def test_batches_hold_distinct_captions_drawn_by_their_share_of_pairs() -> None:
     """Forty pairs of one caption and one each of forty others: batches of 8 distinct captions nearly always
     hold the common one (drawn by its share), where a uniform draw of captions would take it 8/41 of the time."""
@@ -188,6 +208,8 @@ def test_word_vocabulary_pools_at_eos() -> None:
         ({"seed": True}, "seed"),
         ({"text_heads": 3}, "text_hidden_size"),
         ({"pooling": "mean"}, "pooling"),
+        ({"processes": 0}, "processes"),
+        ({"processes": 3, "batch_size": 2}, "processes"),  # a share of the batch for each process
     ],
 )
 def test_bad_config_names_the_field(change: dict, name: str) -> None:
