@@ -10,13 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import yaml
+from PIL import Image
 from transformers import CLIPVisionModel
 
 from llava_vid.data.synthetic import QA_TASKS, WorldOptions, generate_world
 from transformers import CLIPModel
 
 from llava_vid.train.vision_pretrain import (
+    _contrastive_backward,
     _distinct_caption_batches,
     EVAL_FILE,
     SETTINGS_FILE,
@@ -157,7 +160,7 @@ def test_same_seed_gives_the_same_tower(pairs: Path, tower: Path, tmp_path: Path
 
 
 def test_two_processes_train_the_tower_one_process_would(pairs: Path, tower: Path, tmp_path: Path) -> None:
-    """Each batch split between two processes (gathered embeddings, averaged gradients) takes the step one
+    """Each batch split between two processes (gathered embeddings, combined gradients) takes the step one
     process takes on the whole batch: the same tower to rounding, after every step's update. The batch of
     7 splits 4 + 3, so the uneven share is covered too."""
     odd = replace(TINY, batch_size=7)
@@ -174,6 +177,33 @@ def test_two_processes_train_the_tower_one_process_would(pairs: Path, tower: Pat
     assert changed  # batch 7 is not the fixture's 8: the comparison is not of two copies of one run
     losses = [json.loads((folder / SETTINGS_FILE).read_text())["loss_every_step"] for folder in (one, two)]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+
+
+def _share_gradients(rank: int, rendezvous: str, out: str) -> None:
+    """One of two processes: the tiny CLIP's gradients from this process's share (2 + 1) of a batch of 3."""
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
+    try:
+        model, pixels, input_ids, mask = _tiny_clip()
+        share = slice(0, 2) if rank == 0 else slice(2, 3)
+        _contrastive_backward(model, "patch_mean", pixels[share], input_ids[share], mask[share], [2, 1], rank)
+        if rank == 0:
+            torch.save({name: parameter.grad for name, parameter in model.named_parameters() if parameter.grad is not None}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_give_the_whole_batchs_gradients(tmp_path: Path) -> None:
+    """The gradients themselves, not just the Adam steps (which a wrong scale would hardly change): every
+    parameter's, the temperature's and the text tower's included, as one process computes them."""
+    model, pixels, input_ids, mask = _tiny_clip()
+    _contrastive_backward(model, "patch_mean", pixels, input_ids, mask, [3], 0)
+    expected = {name: parameter.grad for name, parameter in model.named_parameters() if parameter.grad is not None}
+    torch.multiprocessing.spawn(_share_gradients, args=(f"file://{tmp_path / 'group'}", str(tmp_path / "grads.pt")), nprocs=2)
+    found = torch.load(tmp_path / "grads.pt")
+    assert found.keys() == expected.keys() and "logit_scale" in found
+    assert any(name.startswith("text_model.") for name in found)
+    for name, grad in expected.items():
+        torch.testing.assert_close(found[name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_batches_hold_distinct_captions_drawn_by_their_share_of_pairs() -> None:
@@ -215,6 +245,14 @@ def test_word_vocabulary_pools_at_eos() -> None:
 def test_bad_config_names_the_field(change: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         replace(TINY, **change)
+
+
+def test_more_processes_than_distinct_captions_is_refused_before_any_starts(tmp_path: Path) -> None:
+    pairs = tmp_path / "vision_pairs.jsonl"
+    Image.new("RGB", (56, 56)).save(tmp_path / "a.png")
+    pairs.write_text("\n".join(json.dumps({"image": "a.png", "caption": "a red circle"}) for _ in range(4)) + "\n")
+    with pytest.raises(ValueError, match="processes=2 is more than a batch holds: .* 1 distinct captions"):
+        pretrain_vision_tower(pairs, tmp_path / "clip", replace(TINY, processes=2), progress=False)
 
 
 def test_empty_pairs_file_is_refused(tmp_path: Path) -> None:

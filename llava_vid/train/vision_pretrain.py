@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -350,46 +350,56 @@ def pretrain_vision_tower(
     """
     config = config or VisionPretrainConfig()
     pairs_file, out_dir = Path(pairs_file), Path(out_dir)
+    started = time.perf_counter()
+    # Read and checked here, so a bad file or setting fails as itself before any process starts.
+    processor = LlavaVidImageProcessor(image_size=config.image_size, aspect_mode="anyres")
+    train = load_pairs(pairs_file, processor)
+    if eval_file is None and (pairs_file.parent / "heldout" / pairs_file.name).is_file():
+        eval_file = pairs_file.parent / "heldout" / pairs_file.name
     eval_file = Path(eval_file) if eval_file is not None else None
-    if config.processes == 1:
-        _pretrain_process(0, 1, None, pairs_file, out_dir, config, eval_file, progress)
-    else:
-        with socket.socket() as probe:  # a free port for this run's process group
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        torch.multiprocessing.spawn(
-            _pretrain_process,
-            args=(config.processes, port, pairs_file, out_dir, config, eval_file, progress),
-            nprocs=config.processes,
+    evaluation = load_pairs(eval_file, processor) if eval_file is not None else train
+    batch = min(config.batch_size, len(set(train.captions)))  # a batch's captions are distinct
+    if batch < config.processes:
+        raise ValueError(
+            f"VisionPretrainConfig.processes={config.processes} is more than a batch holds: {pairs_file} has "
+            f"{len(set(train.captions))} distinct captions (batch_size={config.batch_size})"
         )
+    run = _Run(config, pairs_file, out_dir, train, evaluation, eval_file, progress, started)
+    if config.processes == 1:
+        _pretrain_process(0, run, None)
+    else:
+        with tempfile.TemporaryDirectory() as rendezvous:  # a file only this run knows: no port to race for
+            torch.multiprocessing.spawn(_pretrain_process, args=(run, f"file://{rendezvous}/group"), nprocs=config.processes)
     return out_dir
 
 
-def _pretrain_process(
-    rank: int,
-    world_size: int,
-    port: int | None,
-    pairs_file: Path,
-    out_dir: Path,
-    config: VisionPretrainConfig,
-    eval_file: Path | None,
-    progress: bool,
-) -> None:
-    """One process's share of :func:`pretrain_vision_tower`; process 0 evaluates and saves."""
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class _Run:
+    """What every process of one pretraining run gets (pickled to each)."""
+
+    config: VisionPretrainConfig
+    pairs_file: Path
+    out_dir: Path
+    train: _Pairs
+    evaluation: _Pairs
+    eval_file: Path | None
+    progress: bool
+    started: float
+
+
+def _pretrain_process(rank: int, run: _Run, rendezvous: str | None) -> None:
+    """One process's share of :func:`pretrain_vision_tower` (``rendezvous``: the process group's
+    ``file://`` address, ``None`` for one process); process 0 evaluates and saves."""
+    config, train, evaluation = run.config, run.train, run.evaluation
+    world_size = config.processes if rendezvous is not None else 1
     previous_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
-    if world_size > 1:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    if rendezvous is not None:
+        dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size)
     try:
         torch.manual_seed(config.seed)  # every process builds the same model and draws the same batches
         processor = LlavaVidImageProcessor(image_size=config.image_size, aspect_mode="anyres")
-        train = load_pairs(pairs_file, processor)
-        if eval_file is None and (pairs_file.parent / "heldout" / pairs_file.name).is_file():
-            eval_file = pairs_file.parent / "heldout" / pairs_file.name
-        evaluation = load_pairs(eval_file, processor) if eval_file is not None else train
-
         candidates = sorted(set(train.captions) | set(evaluation.captions))
         vocabulary = WordVocabulary(candidates)
         caption_labels = {caption: labels for pairs in (train, evaluation) for caption, labels in zip(pairs.captions, pairs.labels)}
@@ -403,29 +413,18 @@ def _pretrain_process(
         )
         schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
         batches = _distinct_caption_batches(train.captions, config.batch_size, config.steps, np.random.default_rng(config.seed))
-        if len(batches[0]) < world_size:
-            raise ValueError(
-                f"VisionPretrainConfig.processes={world_size} is more than a batch holds: {len(batches[0])} distinct "
-                f"captions in {pairs_file} (batch_size={config.batch_size})"
-            )
         text_ids, text_mask = vocabulary.encode(train.captions)  # (N, L) each, indexed per batch
 
         from tqdm import tqdm
 
         losses: list[float] = []
-        bar = tqdm(batches, desc="vision pretrain", unit="step", disable=not progress or rank > 0, file=sys.stderr)
+        bar = tqdm(batches, desc="vision pretrain", unit="step", disable=not run.progress or rank > 0, file=sys.stderr)
         for rows in bar:
             shares = np.array_split(rows, world_size)  # this process's pairs: shares[rank]
             mine = shares[rank]
             pixel_values = processor.normalize_views(train.views[mine])  # (b, 3, S, S)
-            images, texts = image_text_embeddings(model, config.pooling, pixel_values, text_ids[mine], text_mask[mine])  # (b, E) each
-            if world_size > 1:  # the whole batch's embeddings: the loss contrasts every caption of the batch
-                sizes = [len(share) for share in shares]
-                images, texts = _gather_rows(torch.cat([images, texts], dim=1), sizes, rank).chunk(2, dim=1)  # (B, E) each
-            loss = contrastive_loss(model.logit_scale.exp() * images @ texts.T)  # the same loss in every process
-            loss.backward()
-            if world_size > 1:
-                _combine_gradients(model, world_size)
+            sizes = [len(share) for share in shares]
+            loss = _contrastive_backward(model, config.pooling, pixel_values, text_ids[mine], text_mask[mine], sizes, rank)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             schedule.step()
@@ -436,17 +435,17 @@ def _pretrain_process(
             if len(losses) % 25 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-25:]):.3f}")
         bar.close()
-        train_seconds = time.perf_counter() - started
+        train_seconds = time.perf_counter() - run.started
         if rank > 0:
             return
 
         report = zero_shot_eval(model, vocabulary, evaluation, candidates, caption_labels, processor, config.eval_batch_size, config.pooling)
-        report["eval_file"] = str(eval_file) if eval_file is not None else None
-        report["evaluated_on_training_pairs"] = eval_file is None
-        report["seconds"] = {"train": round(train_seconds, 2), "total": round(time.perf_counter() - started, 2)}
+        report["eval_file"] = str(run.eval_file) if run.eval_file is not None else None
+        report["evaluated_on_training_pairs"] = run.eval_file is None
+        report["seconds"] = {"train": round(train_seconds, 2), "total": round(time.perf_counter() - run.started, 2)}
         settings = {
             "config": asdict(config),
-            "pairs_file": str(pairs_file),
+            "pairs_file": str(run.pairs_file),
             "train_pairs": len(train.captions),
             "distinct_captions": len(set(train.captions)),
             "vocabulary": vocabulary.tokens,
@@ -459,14 +458,36 @@ def _pretrain_process(
             (folder / EVAL_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             (folder / SETTINGS_FILE).write_text(json.dumps(settings) + "\n", encoding="utf-8")
 
-        write_folder_atomically(out_dir, write)
+        write_folder_atomically(run.out_dir, write)
     finally:
         torch.set_num_threads(previous_threads)
-        if world_size > 1:
+        if rendezvous is not None:
             dist.destroy_process_group()
-    if progress:
+    if run.progress:
         print(format_eval_table(report))
-        print(f"vision tower: {out_dir} ({train_seconds:.1f} s training, {settings['tokens_per_view']} tokens per view)")
+        print(f"vision tower: {run.out_dir} ({train_seconds:.1f} s training, {settings['tokens_per_view']} tokens per view)")
+
+
+def _contrastive_backward(
+    model: CLIPModel,
+    pooling: Pooling,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    sizes: list[int],
+    rank: int,
+) -> torch.Tensor:
+    """The whole batch's loss and its gradients in ``model``, from this process's share of it
+    (``sizes``: every process's share, in process order; one process: ``[len(pixel_values)]``).
+    Returns the loss."""
+    images, texts = image_text_embeddings(model, pooling, pixel_values, input_ids, attention_mask)  # (b, E) each
+    if len(sizes) > 1:  # the whole batch's embeddings: the loss contrasts every caption of the batch
+        images, texts = _gather_rows(torch.cat([images, texts], dim=1), sizes, rank).chunk(2, dim=1)  # (B, E) each
+    loss = contrastive_loss(model.logit_scale.exp() * images @ texts.T)  # the same loss in every process
+    loss.backward()
+    if len(sizes) > 1:
+        _combine_gradients(model, len(sizes))
+    return loss.detach()
 
 
 def _gather_rows(local: torch.Tensor, sizes: list[int], rank: int) -> torch.Tensor:
