@@ -173,7 +173,8 @@ def test_two_processes_train_the_tower_one_process_would(pairs: Path, tower: Pat
     assert len(compared) > 20
     for name in compared:
         torch.testing.assert_close(second[name], first[name], rtol=1e-4, atol=1e-5, msg=name)
-    changed = [name for name in first if not torch.equal(first[name], CLIPVisionModel.from_pretrained(tower).state_dict()[name])]
+    fixture = CLIPVisionModel.from_pretrained(tower).state_dict()
+    changed = [name for name in first if not torch.equal(first[name], fixture[name])]
     assert changed  # batch 7 is not the fixture's 8: the comparison is not of two copies of one run
     losses = [json.loads((folder / SETTINGS_FILE).read_text())["loss_every_step"] for folder in (one, two)]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)

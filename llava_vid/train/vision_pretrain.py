@@ -364,7 +364,7 @@ def pretrain_vision_tower(
             f"VisionPretrainConfig.processes={config.processes} is more than a batch holds: {pairs_file} has "
             f"{len(set(train.captions))} distinct captions (batch_size={config.batch_size})"
         )
-    run = _Run(config, pairs_file, out_dir, train, evaluation, eval_file, progress, started)
+    run = _Run(config, pairs_file, out_dir, processor, train, evaluation, eval_file, progress, started)
     if config.processes == 1:
         _pretrain_process(0, run, None)
     else:
@@ -380,6 +380,7 @@ class _Run:
     config: VisionPretrainConfig
     pairs_file: Path
     out_dir: Path
+    processor: LlavaVidImageProcessor
     train: _Pairs
     evaluation: _Pairs
     eval_file: Path | None
@@ -390,7 +391,7 @@ class _Run:
 def _pretrain_process(rank: int, run: _Run, rendezvous: str | None) -> None:
     """One process's share of :func:`pretrain_vision_tower` (``rendezvous``: the process group's
     ``file://`` address, ``None`` for one process); process 0 evaluates and saves."""
-    config, train, evaluation = run.config, run.train, run.evaluation
+    config, processor, train, evaluation = run.config, run.processor, run.train, run.evaluation
     world_size = config.processes if rendezvous is not None else 1
     previous_threads = torch.get_num_threads()
     if config.threads:
@@ -399,7 +400,6 @@ def _pretrain_process(rank: int, run: _Run, rendezvous: str | None) -> None:
         dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size)
     try:
         torch.manual_seed(config.seed)  # every process builds the same model and draws the same batches
-        processor = LlavaVidImageProcessor(image_size=config.image_size, aspect_mode="anyres")
         candidates = sorted(set(train.captions) | set(evaluation.captions))
         vocabulary = WordVocabulary(candidates)
         caption_labels = {caption: labels for pairs in (train, evaluation) for caption, labels in zip(pairs.captions, pairs.labels)}
