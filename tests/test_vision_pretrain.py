@@ -159,6 +159,16 @@ def test_same_seed_gives_the_same_tower(pairs: Path, tower: Path, tmp_path: Path
     assert all(torch.equal(first[name], second[name]) for name in first)
 
 
+def test_one_process_leaves_the_callers_random_state_alone(pairs: Path, tmp_path: Path) -> None:
+    """The run seeds torch for itself; a caller's own draws after it go on as if it had not run (as they
+    do with two processes, which seed only themselves)."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    pretrain_vision_tower(pairs, tmp_path / "clip", TINY, progress=False)
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
+
+
 def test_two_processes_train_the_tower_one_process_would(pairs: Path, tower: Path, tmp_path: Path) -> None:
     """Each batch split between two processes (gathered embeddings, combined gradients) takes the step one
     process takes on the whole batch: the same tower to rounding, after every step's update. The batch of

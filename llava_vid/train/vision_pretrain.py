@@ -366,7 +366,8 @@ def pretrain_vision_tower(
         )
     run = _Run(config, pairs_file, out_dir, processor, train, evaluation, eval_file, progress, started)
     if config.processes == 1:
-        _pretrain_process(0, run, None)
+        with torch.random.fork_rng(devices=[]):  # the run seeds torch; the caller's random state is left as it was
+            _pretrain_process(0, run, None)
     else:
         with tempfile.TemporaryDirectory() as rendezvous:  # a file only this run knows: no port to race for
             torch.multiprocessing.spawn(_pretrain_process, args=(run, f"file://{rendezvous}/group"), nprocs=config.processes)
