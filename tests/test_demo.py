@@ -104,6 +104,22 @@ def test_a_folder_made_with_other_settings_is_refused(smoke_run: tuple[Path, str
     assert str(out) in error and "other settings" in error and "world" in error
 
 
+def test_a_folder_made_with_another_recipe_is_refused(
+    smoke_run: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A changed stage config (here stage 2's epochs) makes every trained step stale: refused, not reused."""
+    import llava_vid.demo
+
+    out, _ = smoke_run
+    changed = yaml.safe_load(llava_vid.demo.DEMO_STAGE2.read_text())
+    changed["num_train_epochs"] += 1
+    (tmp_path / "demo_stage2.yaml").write_text(yaml.safe_dump(changed))
+    monkeypatch.setattr(llava_vid.demo, "DEMO_STAGE2", tmp_path / "demo_stage2.yaml")
+    assert main(["demo", "--smoke", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "other settings" in error and "recipe" in error
+
+
 def test_a_foreign_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["demo", "--smoke", "--out", str(tmp_path)]) == 2
