@@ -1,6 +1,6 @@
 # On a fresh clone:
 #   make demo         the embedded demo: a synthetic world, a tiny model trained on it on the CPU, held-out
-#                     accuracy per task, three answers (21–43 min on 2 cores, by the machine; a second run reuses runs/demo)
+#                     accuracy per task, three answers (17–43 min on 2 cores, by the machine; a second run reuses runs/demo)
 #   make test         run the default test suite
 #   make quickstart   build the untrained tiny model and answer a question about an image (seconds)
 # Both create .venv and install everything on first use. torch: the CPU build where no NVIDIA GPU
