@@ -24,7 +24,8 @@ complete checkpoint):
 same recipe, to see how far its numbers move (the default is 0). The settings of a run are written to
 ``demo.json`` first, with the preset and stage configs as read; a folder made with other settings (a
 smoke run's folder given to the full demo, another seed's, or one trained with an older recipe) is refused
-rather than reused.
+rather than reused. Each run also appends what it ran on (package versions, CPU) to
+``environments.json``, and says so when that changed since the folder's last run.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ DEMO_STAGE1 = CONFIGS / "train" / "demo_stage1.yaml"
 DEMO_STAGE2 = CONFIGS / "train" / "demo_stage2.yaml"
 ZERO2 = CONFIGS / "deepspeed" / "zero2.json"
 SETTINGS_FILE = "demo.json"
+ENVIRONMENTS_FILE = "environments.json"  # what each run of a folder ran on (llava_vid.environment)
 # One question of each kind answered at the end: (task, what it shows).
 SHOWCASE = (("video_order", "video"), ("document_word", "document"), ("compare_count", "multi-image"))
 # Trained first, alone, before stage 2 proper (which still holds them). In the full mix "are the shapes
@@ -345,6 +347,21 @@ def claim_folder(out: Path, settings: DemoSettings, *, deepspeed: bool) -> None:
     write_text_atomically(path, json.dumps(wanted, indent=2) + "\n")
 
 
+def record_environment(out: Path) -> None:
+    """Append this run's environment to ``out/environments.json`` (one entry per ``llava-vid demo`` call,
+    a resumed run included), and say so when packages or the CPU changed since the folder's last run:
+    its finished steps are reused all the same, but their numbers may not repeat."""
+    from llava_vid.environment import describe_environment, version_changes
+
+    path = out / ENVIRONMENTS_FILE
+    runs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    now = describe_environment()
+    if runs and (changes := version_changes(runs[-1], now)):
+        print(f"note: {out} was last run with other software or hardware ({'; '.join(changes)}); "
+              f"finished steps are reused, so its results mix the two (see {path})")
+    write_text_atomically(path, json.dumps([*runs, now], indent=2) + "\n")
+
+
 def run_demo(out: str | os.PathLike, *, smoke: bool = False, deepspeed: bool = True, seed: int = 0) -> Path:
     """Run (or finish) the demo in ``out``; returns the evaluation folder. See the module docstring."""
     from llava_vid.eval import format_table, read_report
@@ -353,6 +370,7 @@ def run_demo(out: str | os.PathLike, *, smoke: bool = False, deepspeed: bool = T
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     claim_folder(out, settings, deepspeed=deepspeed)
+    record_environment(out)
     world, tower = out / "world", out / "vision_tower"
     stage1, warmup, stage2, evaluation = out / "stage1", out / "stage2a", out / "stage2", out / "eval"
     started = time.perf_counter()

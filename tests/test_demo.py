@@ -97,6 +97,36 @@ def test_an_interrupted_stage_resumes_and_a_partial_checkpoint_is_not_used(
     shutil.rmtree(partial)
 
 
+def test_each_run_records_what_it_ran_on_and_a_change_is_said(
+    smoke_run: tuple[Path, str], capsys: pytest.CaptureFixture
+) -> None:
+    from importlib import metadata
+
+    out, _ = smoke_run
+    path = out / "environments.json"
+    runs = json.loads(path.read_text())
+    assert runs and runs[0]["packages"]["torch"] == metadata.version("torch")
+    assert runs[0]["packages"]["transformers"] == metadata.version("transformers")
+    assert runs[0]["cpu"] and runs[0]["cpu_cores"] >= 1
+    # As if the folder's last run had another transformers: the next run says so and adds its own entry.
+    runs[-1]["packages"]["transformers"] = "0.0.test"
+    path.write_text(json.dumps(runs))
+    printed = _run_again(out, capsys)
+    assert f"transformers 0.0.test → {metadata.version('transformers')}" in printed
+    after = json.loads(path.read_text())
+    assert len(after) == len(runs) + 1 and after[-1]["packages"]["transformers"] == metadata.version("transformers")
+    assert "other software" not in _run_again(out, capsys)  # unchanged since: nothing to say
+
+
+def test_version_changes_names_each_package_and_the_cpu() -> None:
+    from llava_vid.environment import version_changes
+
+    before = {"cpu": "A", "packages": {"torch": "2.13.0", "numpy": "2.4.6"}}
+    now = {"cpu": "B", "packages": {"torch": "2.13.0", "numpy": "2.5.0"}}
+    assert version_changes(before, now) == ["numpy 2.4.6 → 2.5.0", "CPU A → B"]
+    assert version_changes(now, now) == []
+
+
 def test_a_folder_made_with_other_settings_is_refused(smoke_run: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:
     out, _ = smoke_run
     assert main(["demo", "--out", str(out)]) == 2  # the full demo into the smoke run's folder
