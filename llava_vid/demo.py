@@ -354,7 +354,10 @@ def record_environment(out: Path) -> None:
     from llava_vid.environment import describe_environment, version_changes
 
     path = out / ENVIRONMENTS_FILE
-    runs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    try:
+        runs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); fix or delete that file") from error
     now = describe_environment()
     if runs and (changes := version_changes(runs[-1], now)):
         print(f"note: {out} was last run with other software or hardware ({'; '.join(changes)}); "

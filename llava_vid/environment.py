@@ -38,7 +38,7 @@ def _cpu_model() -> str:
 
 def describe_environment() -> dict[str, Any]:
     """This process's environment: UTC start time, Python, platform, CPU, usable cores, torch's thread
-    count and the versions of :data:`PACKAGES` (``None`` where one is not installed)."""
+    count, CUDA and its device count, and the versions of :data:`PACKAGES` (``None`` where one is not installed)."""
     import torch
 
     return {
@@ -48,7 +48,9 @@ def describe_environment() -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "cuda_devices": [torch.cuda.get_device_name(k) for k in range(torch.cuda.device_count())],
+        # The count, not the names: naming a device opens a CUDA context this process would then hold.
+        "cuda": torch.version.cuda,
+        "cuda_devices": torch.cuda.device_count(),
         "packages": {name: _version(name) for name in PACKAGES},
     }
 

@@ -118,6 +118,14 @@ def test_each_run_records_what_it_ran_on_and_a_change_is_said(
     assert "other software" not in _run_again(out, capsys)  # unchanged since: nothing to say
 
 
+def test_a_broken_environments_file_is_named(tmp_path: Path) -> None:
+    from llava_vid.demo import record_environment
+
+    (tmp_path / "environments.json").write_text("[{")
+    with pytest.raises(ValueError, match="environments.json is not valid JSON"):
+        record_environment(tmp_path)
+
+
 def test_version_changes_names_each_package_and_the_cpu() -> None:
     from llava_vid.environment import version_changes
 
