@@ -160,12 +160,22 @@ def _eval(args: argparse.Namespace) -> int:
         image_treatment=args.image_treatment,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
+        **({} if args.examples is None else {"examples": None if args.examples == "all" else args.examples}),
         progress=not args.quiet,
     )
     print(format_table(report))
     json_path, png_path = write_report(report, args.out or Path(args.model) / "eval")
     print(f"wrote {json_path}\nwrote {png_path}")
     return 0
+
+
+def _examples_count(text: str) -> int | str:
+    """``--examples``: a count of at least 0, or ``all``."""
+    if text == "all":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0 or 'all', got {text!r}")
+    return int(text)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -271,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--content-grid", type=int, help="content tokens g × g per frame for every video task (default: the world's)")
     evaluation.add_argument("--batch-size", type=int, default=8)
     evaluation.add_argument("--max-new-tokens", type=int, default=8)
+    evaluation.add_argument("--examples", type=_examples_count,
+                            help="answers kept per task in eval.json, with their ids: a number or 'all' (default: the first few)")
     evaluation.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     evaluation.add_argument("--out", help="folder for eval.json and eval.png (default: MODEL/eval)")
     evaluation.add_argument("--quiet", action="store_true", help="no progress bar")

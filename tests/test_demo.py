@@ -12,6 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -262,3 +263,31 @@ def test_probe_fits_what_is_there_and_not_what_is_not() -> None:
     assert fit((separable[:300], labels[:300]), (separable[300:], labels[300:]), 2) > 0.95
     noise = torch.randn(400, 8, generator=generator)  # unrelated to the label
     assert fit((noise[:300], labels[:300]), (noise[300:], labels[300:]), 2) < 0.7
+
+
+def test_cuts_tool_places_a_word_by_its_ink(tmp_path: Path) -> None:
+    from PIL import Image
+
+    place = _tool("document_cuts").word_place
+    pages = {"whole": (10, 10, 40, 20), "vertical edge": (50, 10, 70, 20), "horizontal edge": (10, 50, 40, 60)}
+    for expected, (left, top, right, bottom) in pages.items():
+        pixels = np.full((168, 168, 3), 240, dtype=np.uint8)
+        pixels[top:bottom, left:right] = 0  # the word's ink
+        pixels[100:103, 20:120] = 128  # a grey distractor mark across an edge is not the word
+        Image.fromarray(pixels).save(tmp_path / "page.png")
+        assert place(tmp_path / "page.png", 56) == expected
+    Image.fromarray(np.full((168, 168, 3), 240, dtype=np.uint8)).save(tmp_path / "blank.png")
+    with pytest.raises(ValueError, match="blank.png: no pure black pixels"):
+        place(tmp_path / "blank.png", 56)
+
+
+def test_cuts_tool_scores_every_held_out_page_of_the_smoke_run(smoke_run: tuple[Path, str], tmp_path: Path) -> None:
+    out, _ = smoke_run
+    tool = _tool("document_cuts")
+    model = out / "stage2" / "final"
+    assert tool.main(["--world", str(out / "world"), "--model", str(model), "--json", str(tmp_path / "c.json")]) == 0
+    results = json.loads((tmp_path / "c.json").read_text())[str(model)]
+    assert list(results) == list(tool.PLACES)
+    heldout = len((out / "world" / "heldout" / "document_word.jsonl").read_text().splitlines())
+    assert sum(entry["n"] for entry in results.values()) == heldout
+    assert all(len(entry["wrong"]) == entry["n"] - entry["correct"] for entry in results.values())

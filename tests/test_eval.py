@@ -207,6 +207,19 @@ def test_evaluate_scores_exact_matches(world: Path, model_and_processor: tuple[A
     assert all(call["input_ids"].shape[0] <= 2 for call in calls)
 
 
+def test_evaluate_keeps_as_many_answers_as_asked(world: Path, model_and_processor: tuple[Any, Any]) -> None:
+    """``examples``: the first N answers of each task with their ids, every one with ``None``."""
+    model, processor = model_and_processor
+    (task,) = load_tasks(world, ["video_colour"])
+    for examples, kept in ((None, HELDOUT), (1, 1), (0, 0)):
+        with mock.patch.object(model, "generate", side_effect=_fake_generate(processor, iter(["red"] * HELDOUT), [])):
+            report = evaluate(model, processor, world, tasks=["video_colour"], examples=examples, progress=False)
+        assert [example.id for example in report.tasks[0].examples] == [sample.id for sample in task.samples][:kept]
+        assert [example.correct for example in report.tasks[0].examples] == [sample.reference == "red" for sample in task.samples][:kept]
+    with pytest.raises(ValueError, match="examples must be at least 0"):
+        evaluate(model, processor, world, tasks=["video_colour"], examples=-1, progress=False)
+
+
 def test_report_files_and_table(world: Path, model_and_processor: tuple[Any, Any], tmp_path: Path) -> None:
     model, processor = model_and_processor
     report = evaluate(model, processor, world, tasks=["video_motion", "compare_colour"], limit=1, progress=False)
@@ -239,12 +252,16 @@ def test_cli_world_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     capsys.readouterr()
     out_dir = tmp_path / "eval"
     args = ["eval", "--model", str(model_dir), "--world", str(world_dir), "--tasks", "video_colour,document_word"]
-    assert main([*args, "--limit", "1", "--batch-size", "1", "--out", str(out_dir), "--quiet"]) == 0
+    assert main([*args, "--limit", "1", "--batch-size", "1", "--examples", "0", "--out", str(out_dir), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "video_colour" in printed and "document_word" in printed and "needle" not in printed
     assert str(out_dir / "eval.json") in printed and str(out_dir / "eval.png") in printed
     saved = json.loads((out_dir / "eval.json").read_text())
     assert {task: entry["n"] for task, entry in saved["tasks"].items()} == {"video_colour": 1, "document_word": 1}
+    assert all(entry["examples"] == [] for entry in saved["tasks"].values())
+    with pytest.raises(SystemExit):
+        main([*args, "--examples", "some"])
+    assert "expected a number of at least 0 or 'all', got 'some'" in capsys.readouterr().err
 
     assert main([*args[:5], "--tasks", "nope", "--quiet"]) == 2
     assert "unknown task" in capsys.readouterr().err

@@ -190,6 +190,7 @@ def _evaluate_task(
     image_treatment: ImageTreatment,
     batch_size: int,
     max_new_tokens: int,
+    examples: int | None,
     bar: Any,
 ) -> TaskResult:
     started = time.perf_counter()
@@ -206,9 +207,9 @@ def _evaluate_task(
     confusion: dict[str, Counter[str]] = {}
     for sample, answer in zip(task.samples, given):
         confusion.setdefault(sample.reference, Counter())[answer] += 1
-    examples = [
+    kept = [
         Example(sample.id, sample.question, sample.reference, prediction, match)
-        for sample, prediction, match in list(zip(task.samples, predictions, matches))[:EXAMPLES_PER_TASK]
+        for sample, prediction, match in list(zip(task.samples, predictions, matches))[:examples]
     ]
     return TaskResult(
         task=task.name,
@@ -217,7 +218,7 @@ def _evaluate_task(
         chance=task.chance,
         answers=task.answers,
         seconds=seconds,
-        examples=examples,
+        examples=kept,
         predictions=dict(Counter(given).most_common()),
         confusion={reference: dict(counts.most_common()) for reference, counts in sorted(confusion.items())},
     )
@@ -234,6 +235,7 @@ def evaluate(
     image_treatment: ImageTreatment = "auto",
     batch_size: int = 8,
     max_new_tokens: int = 8,
+    examples: int | None = EXAMPLES_PER_TASK,
     progress: bool = True,
 ) -> EvalReport:
     """Exact-match accuracy of ``model`` on the held-out samples of ``world_dir``'s tasks.
@@ -246,6 +248,8 @@ def evaluate(
         limit: at most this many samples per task (the first ones).
         video_overrides: video options replacing the world's for every video task (``content_grid``, …).
         image_treatment: per-request image handling passed to the processor.
+        examples: how many of each task's answers the report keeps, with their ids (``None``: every one,
+            e.g. to split a task's score by something about its samples).
         progress: a tqdm bar on stderr.
 
     Raises:
@@ -257,6 +261,8 @@ def evaluate(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if examples is not None and examples < 0:
+        raise ValueError(f"examples must be at least 0 or None (every answer), got {examples}")
     loaded = load_tasks(world_dir, tasks, limit=limit, video_overrides=video_overrides)
     empty = [task.name for task in loaded if not task.samples]
     if empty:
@@ -276,6 +282,7 @@ def evaluate(
                         image_treatment=image_treatment,
                         batch_size=batch_size,
                         max_new_tokens=max_new_tokens,
+                        examples=examples,
                         bar=bar,
                     )
                 )
