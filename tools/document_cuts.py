@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from llava_vid.eval import evaluate
+from llava_vid.eval import evaluate, load_tasks
 from llava_vid.inference import load_pretrained, pick_runtime
 
 TASK = "document_word"
@@ -43,8 +43,9 @@ def word_place(page: Path, tile: int) -> str:
 def score_by_place(model_dir: Path, world: Path) -> dict[str, dict]:
     """Per place: held-out pages, right answers and the wrong ones (reference → answer given)."""
     tile = json.loads((world / "world.json").read_text(encoding="utf-8"))["options"]["image_size"]
-    pages = {json.loads(line)["id"]: world / "heldout" / json.loads(line)["image"]
-             for line in (world / "heldout" / f"{TASK}.jsonl").read_text(encoding="utf-8").splitlines()}
+    (task,) = load_tasks(world, [TASK])  # the evaluator's own reading of the held-out file: id → page
+    pages = {sample.id: Path(part["path"]) for sample in task.samples
+             for part in sample.conversation[0]["content"] if part["type"] == "image"}
     model, processor = load_pretrained(model_dir, pick_runtime("cpu"))
     report = evaluate(model, processor, world, tasks=[TASK], examples=None, progress=False)
     results = {place: {"n": 0, "correct": 0, "wrong": []} for place in PLACES}
