@@ -113,6 +113,7 @@ SMOKE = DemoSettings(
         "heldout_counts": {task: 2 for task in QA_TASKS},
         "caption_images": 16,
         "caption_videos": 4,
+        "caption_views": 6,
         "vision_pairs": 64,
         "vision_heldout_pairs": 16,
         "long_video_frames": 24,

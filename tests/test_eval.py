@@ -39,6 +39,7 @@ _SMALL = {
     "heldout_counts": {task: HELDOUT for task in QA_TASKS},
     "caption_images": 1,
     "caption_videos": 1,
+    "caption_views": 0,
     "vision_pairs": 0,
     "vision_heldout_pairs": 0,
     "video_frames": 4,

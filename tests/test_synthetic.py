@@ -37,6 +37,7 @@ SMALL = WorldOptions(
     heldout_counts={task: 6 for task in QA_TASKS},
     caption_images=10,
     caption_videos=4,
+    caption_views=6,
     caption_mix_ratio=0.5,
     video_frames=8,
     video_fps=4.0,
@@ -75,10 +76,10 @@ def _media_paths(jsonl: Path) -> list[Path]:
 def test_layout_and_counts(world) -> None:
     root = world.root
     assert {"captions.jsonl", "train.jsonl", "tasks.json", "world.json", "heldout", "media"} <= {p.name for p in root.iterdir()}
-    assert len(read_records(world.captions_file)) == SMALL.caption_images + SMALL.caption_videos
+    assert len(read_records(world.captions_file)) == SMALL.caption_images + SMALL.caption_videos + SMALL.caption_views
     train_tasks = Counter(record["task"] for record in read_records(world.train_file))
     assert {task: train_tasks[task] for task in QA_TASKS} == dict(SMALL.train_counts)
-    assert train_tasks["caption"] == 7  # half of the 14 caption records
+    assert train_tasks["caption"] == 10  # half of the 20 caption records
     for task in QA_TASKS:
         assert len(read_records(world.heldout_files[task])) == SMALL.heldout_counts[task]
     tasks = json.loads(world.tasks_file.read_text())
@@ -364,6 +365,30 @@ def test_heldout_media_unseen_in_train(world) -> None:
     assert not train_ids & heldout_ids
 
 
+def test_caption_views_name_what_the_shape_captions_do_not(world) -> None:
+    """The last ``caption_views`` captions are one 56 px view each of a needle symbol, circles or a word
+    tile, in equal shares, captioned as the vision pairs are."""
+    captions = read_records(world.captions_file)
+    scenes, views = captions[: SMALL.caption_images + SMALL.caption_videos], captions[-SMALL.caption_views :]
+    assert not any(record["answer"].startswith(("the word", "a star", "an arrow")) for record in scenes)
+    kinds = Counter()
+    for record in views:
+        caption = record["answer"]
+        if caption.startswith("the word "):
+            kinds["word"] += 1
+            assert caption.removeprefix("the word ") in WORDS
+        elif caption.split()[-1] in ("circle", "circles"):
+            kinds["count"] += 1
+            assert caption.split()[0] in COUNT_WORDS
+        else:
+            kinds["symbol"] += 1
+            assert caption.split()[-1] in SYMBOLS
+        assert isinstance(record["image"], str) and (world.root / record["image"]).is_file()
+        with Image.open(world.root / record["image"]) as image:
+            assert image.size == (SMALL.image_size, SMALL.image_size)
+    assert kinds == Counter(symbol=2, count=2, word=2)
+
+
 def test_answers_are_balanced(tmp_path: Path) -> None:
     counts = {task: 0 for task in QA_TASKS} | {"compare_colour": 20, "compare_count": 13, "video_motion": 7}
     options = replace(SMALL, train_counts=counts, heldout_counts={task: 0 for task in QA_TASKS}, caption_images=1, caption_videos=0)
@@ -409,6 +434,7 @@ def test_answers_stay_balanced_over_every_turn(tmp_path: Path) -> None:
         ({"heldout_counts": {task: -2 for task in QA_TASKS}}, "heldout_counts"),
         ({"seed": True}, "seed"),
         ({"vision_pairs": -1}, "vision_pairs"),
+        ({"caption_views": -3}, "caption_views"),
         ({"vision_heldout_pairs": 1.5}, "vision_heldout_pairs"),
         ({"page_size": 150}, "page_size"),  # vision pairs need a page of at least 3 × 3 tiles
         ({"follow_ups": "no"}, "follow_ups"),

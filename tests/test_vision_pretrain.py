@@ -39,6 +39,7 @@ PAIRS_ONLY = WorldOptions(
     heldout_counts={task: 0 for task in QA_TASKS},
     caption_images=0,
     caption_videos=0,
+    caption_views=0,
     vision_pairs=120,
     vision_heldout_pairs=36,
     workers=1,

@@ -8,7 +8,7 @@ where this PyAV build lacks libx264) and LLaVA-format JSONL datasets that
       world.json              options, record counts per split/task, the video options to train with
       tasks.json              per task: question ({image} in the pick tasks': each record names the image),
                               closed answer set, chance level, media kind
-      captions.jsonl          stage 1: image/video → caption ("a red circle and a blue square")
+      captions.jsonl          stage 1: image/video → caption ("a red circle and a blue square", "a star")
       train.jsonl             stage 2: every QA task (shuffled) plus a share of the captions
       media/<task>/*.png|mp4  the train media (paths in the JSONL files are relative to <out>)
       heldout/<task>.jsonl    one held-out file per QA task
@@ -140,6 +140,9 @@ VISION = "vision_pairs"  # the vision-pretraining pseudo-task (image/caption pai
 # captions and words (10-way, small type) are hard to read, so they get the most; then counts.
 _VISION_PLAN: tuple[str, ...] = ("shape",) * 5 + ("symbol", "empty") + ("count",) * 2 + ("word",) * 4 + ("blank",)
 VISION_GROUPS: tuple[str, ...] = ("shape", "symbol", "empty", "count", "word", "blank")
+# The vision pairs' kinds that also become stage-1 captions (``WorldOptions.caption_views``): what the
+# needle, the counting and the document tasks answer with, which the shape captions never name.
+CAPTION_VIEW_KINDS: tuple[str, ...] = ("symbol", "count", "word")
 
 # Multi-image samples are the cheapest to train on (a few 56 px views). Trained alone, the comparisons
 # stayed near chance (same colour 45%, most circles 63%, 1200/900 records); with as many pick questions
@@ -180,6 +183,11 @@ class WorldOptions:
     """Stage-1 caption records with one image of one or two shapes."""
     caption_videos: int = 100
     """Stage-1 caption records with a short video of one shape."""
+    caption_views: int = 1500
+    """Stage-1 caption records with one 56 px view drawn and captioned like a vision pair of the kinds in
+    :data:`CAPTION_VIEW_KINDS` ("a star", "three circles", "the word cat"), in equal shares. Without
+    them the captions name only colours and shapes, and the symbol, count and word names are learned
+    from the QA records alone."""
     caption_mix_ratio: float = 0.2
     """Share of the caption records also put into train.jsonl (keeps stage 2 from forgetting stage 1)."""
     vision_pairs: int = 56000
@@ -225,6 +233,7 @@ class WorldOptions:
         object.__setattr__(self, "heldout_counts", _checked_counts("heldout_counts", self.heldout_counts))
         _check_int("caption_images", self.caption_images, minimum=0)
         _check_int("caption_videos", self.caption_videos, minimum=0)
+        _check_int("caption_views", self.caption_views, minimum=0)
         _check_int("vision_pairs", self.vision_pairs, minimum=0)
         _check_int("vision_heldout_pairs", self.vision_heldout_pairs, minimum=0)
         _check_number("caption_mix_ratio", self.caption_mix_ratio, minimum=0.0, maximum=1.0)
@@ -233,7 +242,7 @@ class WorldOptions:
         # The word must fit with room to move, and the 56 px global view must be a real downscale.
         _check_int("page_size", self.page_size, minimum=max(64, 6 * self.font_size))
         _check_int("distractor_marks", self.distractor_marks, minimum=0)
-        if self.vision_pairs or self.vision_heldout_pairs:
+        if self.vision_pairs or self.vision_heldout_pairs or self.caption_views:
             # Page tiles for the vision pairs: a word tile, and a blank one beside a word that may touch
             # 2 × 2 tiles, so at least 3 × 3 of them; a word fits a tile.
             _check_int("page_size", self.page_size, minimum=3 * self.image_size)
@@ -795,8 +804,14 @@ def _save_images(job: _Job, images: Sequence[np.ndarray]) -> tuple[list[str], tu
 
 def _make_caption(job: _Job, rng: np.random.Generator) -> _Sample:
     """Indices below ``caption_images`` are images of one or two shapes (two: described left to
-    right), the rest short videos of one shape, still or moving."""
+    right), the next ``caption_videos`` short videos of one shape, still or moving, and the rest views of
+    the kind ``job.answer`` names (:data:`CAPTION_VIEW_KINDS`), as the vision pairs draw them."""
     options = job.options
+    if job.answer is not None:
+        pixels, caption, _ = _vision_view(options, rng, job.answer)
+        path, relative = job.media_path(".png")
+        _save_png(path, pixels)
+        return _Sample(_caption_record(job, "image", relative, caption), (hashlib.sha256(pixels.tobytes()).hexdigest(),))
     if job.index >= options.caption_images:
         shape, colour = _pick(rng, SHAPES), _pick(rng, tuple(COLOURS))
         motion = [None, "left", "right"][int(rng.integers(3))]
@@ -863,9 +878,9 @@ def _page_tile(options: WorldOptions, rng: np.random.Generator, word: str, show_
     return np.ascontiguousarray(page[row * tile : (row + 1) * tile, column * tile : (column + 1) * tile])
 
 
-def _make_vision_pair(job: _Job, rng: np.random.Generator) -> _Sample:
-    """One 56 px view and its caption; ``job.answer`` is the kind (a :data:`VISION_GROUPS` name)."""
-    options, size, kind = job.options, job.options.image_size, job.answer
+def _vision_view(options: WorldOptions, rng: np.random.Generator, kind: str) -> tuple[np.ndarray, str, dict[str, str]]:
+    """One ``image_size`` view of ``kind`` (a :data:`VISION_GROUPS` name): (pixels, caption, labels)."""
+    size = options.image_size
     labels: dict[str, str]
     if kind == "shape":  # sizes span the videos' (0.14–0.2) and the compare/caption images' (0.16–0.3)
         shape, colour = _pick(rng, SHAPES), _pick(rng, tuple(COLOURS))
@@ -899,6 +914,13 @@ def _make_vision_pair(job: _Job, rng: np.random.Generator) -> _Sample:
         pixels, caption, labels = _page_tile(options, rng, _pick(rng, WORDS), show_word=False), "a blank page", {"blank": "blank"}
     else:
         raise ValueError(f"unknown vision pair kind {kind!r}")
+    return pixels, caption, labels
+
+
+def _make_vision_pair(job: _Job, rng: np.random.Generator) -> _Sample:
+    """One 56 px view and its caption; ``job.answer`` is the kind (a :data:`VISION_GROUPS` name)."""
+    kind = job.answer
+    pixels, caption, labels = _vision_view(job.options, rng, kind)
     path, relative = job.media_path(".png")
     _save_png(path, pixels)
     record = {"id": job.sample_id, "image": relative, "caption": caption, "group": kind, "labels": labels}
@@ -941,8 +963,10 @@ def _run_job(job: _Job) -> _Sample:
 def _plan(options: WorldOptions, root: Path) -> list[_Job]:
     """Every sample to render, with its answer fixed up front so each task is balanced."""
     jobs = []
-    caption_total = options.caption_images + options.caption_videos
-    jobs += [_Job("train", CAPTION, index, None, 0, str(root), options) for index in range(caption_total)]
+    scenes = options.caption_images + options.caption_videos
+    jobs += [_Job("train", CAPTION, index, None, 0, str(root), options) for index in range(scenes)]
+    view_kinds = _balanced(CAPTION_VIEW_KINDS, options.caption_views, _rng(options.seed, "train", CAPTION, "kinds"))
+    jobs += [_Job("train", CAPTION, scenes + index, kind, 0, str(root), options) for index, kind in enumerate(view_kinds)]
     for split, counts, base in (("train", options.train_counts, root), ("heldout", options.heldout_counts, root / "heldout")):
         for task in QA_TASKS:
             answers = _balanced(TASKS[task].answers, counts[task], _rng(options.seed, split, task, "answers"))
