@@ -44,7 +44,7 @@ PAIRS_ONLY = WorldOptions(
     vision_heldout_pairs=36,
     workers=1,
 )
-TINY = VisionPretrainConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, patch_size=14, text_hidden_size=16, text_intermediate_size=32,
+TINY = VisionPretrainConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, patch_size=14, text_hidden_size=16, text_intermediate_size=32,
                             projection_dim=16, steps=4, batch_size=8, warmup_steps=1, eval_batch_size=16, processes=1)
 
 

@@ -11,7 +11,11 @@ model builds from the tower's last layer (``vision_feature_layer: -1``), pooled 
 * ``word``:   the word, from the mean of a word tile's patch tokens (vision pairs of group "word");
 * ``shape``:  the video's shape, from its last frame's content token;
 * ``motion g=1`` / ``motion g=2``: left or right, from the content tokens of the 5th and the last frame
-  and their difference (one mean token per frame, or 2 × 2 pooled tokens).
+  and their difference (one mean token per frame, or 2 × 2 pooled tokens);
+* ``count``:  how many circles (1–4), from the mean of a pick_count image's patch tokens.
+
+Beside the towers it prints one reference row with no tower: the count read from the circles' area
+alone (their pixel count, and its square), to show how much of a tower's ``count`` could be area.
 
 A probe reads what is linearly there; the language model may still fail to use it (the demo's
 motion task stayed at chance while the g = 2 probe read 100%), or use more than a line can.
@@ -37,7 +41,7 @@ from llava_vid.modeling.vision import encode_images
 from llava_vid.processing.image_processor import LlavaVidImageProcessor
 from llava_vid.processing.video import FrameSampling, load_video
 
-PROBES = ("needle", "word", "shape", "motion g=1", "motion g=2")
+PROBES = ("needle", "word", "shape", "motion g=1", "motion g=2", "count")
 EVERY_FRAME = FrameSampling(fps=1e6)  # above any video's rate: every frame
 
 
@@ -81,6 +85,31 @@ def _dataset(records: list[dict], base: Path, features: Callable[[dict, Path], t
     return torch.stack([features(r, base) for r in records]), torch.tensor([label(r) for r in records])
 
 
+def _count_records(world: Path) -> tuple[tuple[list[dict], Path], tuple[list[dict], Path]]:
+    """pick_count's train (the first 300) and held-out records, with the folders their paths are under."""
+    heldout = world / "heldout"
+    return (_records(world / "train.jsonl", "pick_count")[:300], world), (_records(heldout / "pick_count.jsonl"), heldout)
+
+
+def _count_dataset(records: list[dict], base: Path, features: Callable[[Path], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of ``records`` (three each) and its number of circles (0-based)."""
+    images = [(base / path, count - 1) for r in records for path, count in zip(r["image"], r["counts"])]
+    return torch.stack([features(path) for path, _ in images]), torch.tensor([label for _, label in images])
+
+
+def _circle_area(path: Path) -> torch.Tensor:
+    """(area, area²) of the circles in a pick_count image: the pixels far from grey (the background is grey)."""
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+    area = float((pixels.max(-1) - pixels.min(-1) > 40).sum()) / 100
+    return torch.tensor([area, area * area])
+
+
+def count_from_area(world: Path) -> float:
+    """The ``count`` probe's accuracy from the circles' area alone: the reference a tower should beat."""
+    train, test = (_count_dataset(records, base, _circle_area) for records, base in _count_records(world))
+    return _fit_and_score(train, test, 4)
+
+
 def probe_tower(tower: Tower, world: Path) -> dict[str, float]:
     """Held-out accuracy of every probe of :data:`PROBES` for ``tower`` on ``world``."""
     heldout = world / "heldout"
@@ -91,8 +120,11 @@ def probe_tower(tower: Tower, world: Path) -> dict[str, float]:
     def needle(record: dict, base: Path) -> torch.Tensor:
         return tower.content(frames(record, base)[[record["needle_frame"]]], 1)[0, 0]
 
+    def image(path: Path) -> torch.Tensor:
+        return tower.content(np.asarray(Image.open(path).convert("RGB"))[None], 1)[0, 0]
+
     def word(record: dict, base: Path) -> torch.Tensor:
-        return tower.content(np.asarray(Image.open(base / record["image"]).convert("RGB"))[None], 1)[0, 0]
+        return image(base / record["image"])
 
     def last_frame(record: dict, base: Path) -> torch.Tensor:
         return tower.content(frames(record, base)[[-1]], 1)[0, 0]
@@ -122,6 +154,8 @@ def probe_tower(tower: Tower, world: Path) -> dict[str, float]:
         width = 3 * tower.model.config.hidden_size  # the g = 1 part; the g = 2 part is 4× as wide
         for grid_name, columns in (("motion g=1", slice(0, width)), ("motion g=2", slice(width, None))):
             results[grid_name] = _fit_and_score((train[0][:, columns], train[1]), (test[0][:, columns], test[1]), classes)
+    train, test = (_count_dataset(records, base, image) for records, base in _count_records(world))
+    results["count"] = _fit_and_score(train, test, 4)
     word_label = lambda r: WORDS.index(r["labels"]["word"])  # noqa: E731
     train = _dataset(_records(world / "vision_pairs.jsonl", group="word"), world, word, word_label)
     test = _dataset(_records(heldout / "vision_pairs.jsonl", group="word"), heldout, word, word_label)
@@ -141,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for folder in arguments.tower:
         results[str(folder)] = probe_tower(Tower(folder), arguments.world)
         print(f"{folder}  " + "  ".join(f"{results[str(folder)][name]:>10.3f}" for name in PROBES), flush=True)
+    results["count from area (no tower)"] = {"count": count_from_area(arguments.world)}
+    print(f"count from the circles' area alone (no tower): {results['count from area (no tower)']['count']:.3f}")
     if arguments.json is not None:
         arguments.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
