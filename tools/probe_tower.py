@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionModel
 
-from llava_vid.data.synthetic import SHAPES, SYMBOLS, WORDS
+from llava_vid.data.synthetic import COUNT_WORDS, SHAPES, SYMBOLS, WORDS
 from llava_vid.modeling.compression import pool_content
 from llava_vid.modeling.vision import encode_images
 from llava_vid.processing.image_processor import LlavaVidImageProcessor
@@ -107,7 +107,7 @@ def _circle_area(path: Path) -> torch.Tensor:
 def count_from_area(world: Path) -> float:
     """The ``count`` probe's accuracy from the circles' area alone: the reference a tower should beat."""
     train, test = (_count_dataset(records, base, _circle_area) for records, base in _count_records(world))
-    return _fit_and_score(train, test, 4)
+    return _fit_and_score(train, test, len(COUNT_WORDS))
 
 
 def probe_tower(tower: Tower, world: Path) -> dict[str, float]:
@@ -155,7 +155,7 @@ def probe_tower(tower: Tower, world: Path) -> dict[str, float]:
         for grid_name, columns in (("motion g=1", slice(0, width)), ("motion g=2", slice(width, None))):
             results[grid_name] = _fit_and_score((train[0][:, columns], train[1]), (test[0][:, columns], test[1]), classes)
     train, test = (_count_dataset(records, base, image) for records, base in _count_records(world))
-    results["count"] = _fit_and_score(train, test, 4)
+    results["count"] = _fit_and_score(train, test, len(COUNT_WORDS))
     word_label = lambda r: WORDS.index(r["labels"]["word"])  # noqa: E731
     train = _dataset(_records(world / "vision_pairs.jsonl", group="word"), world, word, word_label)
     test = _dataset(_records(heldout / "vision_pairs.jsonl", group="word"), heldout, word, word_label)
