@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.run(args)
-    except ValueError as error:  # bad input: say what is wrong, no traceback
+    except (ValueError, FileNotFoundError) as error:  # bad input: say what is wrong, no traceback
         print(f"llava-vid {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -50,6 +50,17 @@ def test_generate_names_a_missing_image(model_dir: Path, capsys: pytest.CaptureF
     assert missing in err and "not found" in err
 
 
+def test_generate_and_eval_name_a_model_folder_that_is_not_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "runs" / "no_such_model"  # reads like a hub id "runs/no_such_model" too
+    assert main(["generate", "--model", str(missing), "--image", IMAGE, "What is this?"]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: no such folder" in err and "huggingface" not in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["eval", "--model", str(empty), "--world", str(tmp_path)]) == 2
+    assert f"{empty} holds no saved model (no config.json" in capsys.readouterr().err
+
+
 def test_generate_refuses_a_prompt_the_model_cannot_hold(model_dir: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(["generate", "--model", str(model_dir), "--image", IMAGE, "--max-new-tokens", "9000", "Hi"])
     assert code == 2

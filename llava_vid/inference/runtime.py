@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -31,19 +32,31 @@ def pick_runtime(device: str | None = None) -> Runtime:
     return Runtime(resolved, dtype, "flash_attention_2" if has_flash else "sdpa")
 
 
-def load_pretrained(model_dir: str, runtime: Runtime | None = None):
-    """Load a saved model and its processor for inference on ``runtime`` (default: :func:`pick_runtime`)."""
+def load_pretrained(model_dir: str | Path, runtime: Runtime | None = None):
+    """Load a saved model and its processor for inference on ``runtime`` (default: :func:`pick_runtime`).
+
+    ``model_dir``: a folder written by ``llava-vid init`` or a training stage (its ``final/``). A missing
+    folder, or one without a saved model, is a ``FileNotFoundError`` naming it, before transformers
+    would read the name as a hub id and fail on that instead.
+    """
     from llava_vid.modeling import LlavaVidForConditionalGeneration
     from llava_vid.processing.processor import LlavaVidProcessor
 
     from llava_vid.train.checkpoints import is_multimodal_only, load_trained_folder
 
     runtime = runtime or pick_runtime()
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{model_dir}: no such folder (a model is a folder written by `llava-vid init` or training)")
     if is_multimodal_only(model_dir):  # a stage-1 result: base rebuilt + trained multimodal layers
         model, processor = load_trained_folder(
             model_dir, dtype=runtime.dtype, attn_implementation=runtime.attn_implementation
         )
         return model.to(runtime.device).eval(), processor
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{model_dir} holds no saved model (no config.json, and not a stage-1 folder of multimodal weights)"
+        )
     config = LlavaVidConfig.from_pretrained(model_dir)
     model = LlavaVidForConditionalGeneration.from_pretrained(
         model_dir, config=config, dtype=runtime.dtype, attn_implementation=runtime.attn_implementation
