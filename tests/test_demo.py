@@ -18,7 +18,7 @@ import yaml
 
 from llava_vid.cli import main
 from llava_vid.data.synthetic import QA_TASKS
-from llava_vid.demo import WARMUP_TASKS
+from llava_vid.demo import WARMUP_TASKS, WARMUP_TRAINABLE
 from llava_vid.train.checkpoints import is_complete
 
 STEPS = 6  # numbered steps whose results are kept; the seventh (the answers) always runs
@@ -62,8 +62,12 @@ def test_every_step_runs_and_the_table_and_answers_are_printed(smoke_run: tuple[
     # The warm-up trained on its tasks' records alone, and stage 2 started from it.
     warmup_tasks = {json.loads(line)["task"] for line in (out / "stage2a" / "train_subset.jsonl").read_text().splitlines()}
     assert warmup_tasks == set(WARMUP_TASKS)
+    # The warm-up trains the language model but leaves the projector as stage 1 aligned it; stage 2 trains both.
+    warmup_config = yaml.safe_load((out / "stage2a" / "final" / "train_config.yaml").read_text())
+    assert warmup_config["trainable"] == list(WARMUP_TRAINABLE) and "projector" not in warmup_config["trainable"]
     stage2_config = yaml.safe_load((out / "stage2" / "final" / "train_config.yaml").read_text())
     assert Path(stage2_config["model"]) == out / "stage2a" / "final"
+    assert "projector" in stage2_config["trainable"]
 
 
 def test_a_second_run_reuses_every_step(smoke_run: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:
