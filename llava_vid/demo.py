@@ -40,13 +40,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
 from llava_vid.atomic import write_folder_atomically, write_text_atomically
 from llava_vid.checks import check_int
 from llava_vid.data.synthetic import QA_TASKS
+
+if TYPE_CHECKING:  # the training stack loads only when a stage runs
+    from llava_vid.train.stages import Part
 
 __all__ = [
     "DemoSettings",
@@ -92,7 +95,7 @@ WARMUP_EPOCHS = 3
 # warm-up that also trained the projector on colour questions alone cost the counting later (pick_count
 # 61.7% against 80.0% without a warm-up, seed 0); with the projector frozen there the colour comparison
 # is still learned and pick_count read 76.7% (BENCHMARKS.md, "The embedded demo").
-WARMUP_TRAINABLE: tuple[str, ...] = ("compressor", "image_newline", "language_model")
+WARMUP_TRAINABLE: tuple[Part, ...] = ("compressor", "image_newline", "language_model")
 
 
 @dataclass(frozen=True)
