@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,49 @@ def test_all_skipped_batches_give_zero_loss_and_no_update(tmp_path: Path) -> Non
         saved.update(load_file(file))
     for name, tensor in fresh.projector.state_dict().items():
         torch.testing.assert_close(saved[f"projector.{name}"], tensor)
+
+
+def test_the_vision_feature_cache_trains_exactly_as_without_it(tmp_path: Path, capsys) -> None:
+    """Two epochs with the frozen tower's features cached: the weights of a run without the cache, and the
+    tower ran only for the views it had not seen."""
+    import torch
+    from safetensors.torch import load_file
+
+    from llava_vid.build import build_model_and_processor, load_model_spec
+    from llava_vid.train.trainer import train
+
+    data = _write_dataset(tmp_path / "data", records=16)
+    weights = {}
+    for name, extra in [("plain", []), ("cached", ["vision_feature_cache_gib=0.01"])]:
+        config = _stage1(tmp_path / name, data, "max_steps=8", "learning_rate=3e-2", "multimodal_learning_rate=3e-2", *extra)
+        final = train(config)
+        weights[name] = {key: value for file in final.glob("*.safetensors") for key, value in load_file(file).items()}
+    out = capsys.readouterr().out
+    assert out.count("vision features") == 1  # the cached run's summary line only
+    assert weights["plain"].keys() == weights["cached"].keys()
+    # A view's features are the tower's own, computed in another batch: CPU kernels may round them
+    # differently by batch size (~1e-7 with this tower), so the weights agree to float rounding.
+    for key, value in weights["plain"].items():
+        torch.testing.assert_close(weights["cached"][key], value, rtol=1e-5, atol=1e-6)
+    fresh, _ = build_model_and_processor(load_model_spec(TINY_ANYRES))  # the seeded initial weights
+    assert not torch.equal(weights["cached"]["projector.0.weight"], fresh.projector.state_dict()["0.weight"])
+    computed, reused = (int(n) for n in re.search(r"vision features (\d+) computed, (\d+) reused", out).groups())
+    # 32 images seen in 2 epochs, each a global view and one tile (a 56 px image: the same pixels), so 64
+    # views, of which 4 distinct: one per colour.
+    assert (computed, reused) == (4, 60), out
+
+
+def test_the_vision_feature_cache_is_refused_with_a_trained_tower_or_zero3(tmp_path: Path) -> None:
+    from llava_vid.train.trainer import train
+
+    data = _write_dataset(tmp_path / "data", records=4)
+    with pytest.raises(ValueError, match="trainable lists vision_tower"):
+        _stage1(tmp_path, data, "vision_feature_cache_gib=1", "trainable=[projector,vision_tower]")
+    with pytest.raises(ValueError, match="vision_feature_cache_gib must be 0 \\(off\\) or more, got -1"):
+        _stage1(tmp_path, data, "vision_feature_cache_gib=-1")
+    zero3 = _stage1(tmp_path, data, "vision_feature_cache_gib=1", f"deepspeed={REPO_ROOT / 'configs/deepspeed/zero3.json'}")
+    with pytest.raises(ValueError, match="with ZeRO-3"):
+        train(zero3)
 
 
 def test_cli_train(tmp_path: Path, capsys) -> None:

@@ -19,7 +19,7 @@ from llava_vid.modeling.anyres import pack_images
 from llava_vid.modeling.compression import ContextCompressor, pool_content
 from llava_vid.modeling.merge import count_placeholders, merge_visual_features
 from llava_vid.modeling.projector import build_projector
-from llava_vid.modeling.vision import encode_images
+from llava_vid.modeling.vision import VisionFeatureCache, encode_images
 from llava_vid.processing.processor import IGNORE_INDEX
 
 
@@ -78,6 +78,8 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.init_multimodal_parts()
+        # Off unless a training stage turns it on (``vision_feature_cache_gib``); not part of the weights.
+        self.vision_feature_cache: VisionFeatureCache | None = None
         self.post_init()
 
     def init_multimodal_parts(self) -> None:
@@ -166,6 +168,7 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
             feature_layer=self.config.vision_feature_layer,
             feature_select=self.config.vision_feature_select,
             chunk_size=self.config.vision_chunk_size,
+            cache=self.vision_feature_cache,
         )  # (V, P, D_vision)
         projected = self.projector(features.to(self._projector_dtype()))  # (V, P, D_text)
         return pack_images(projected, plans, self.config.vision_geometry(), self.image_newline)  # (T, D_text)
@@ -204,6 +207,7 @@ class LlavaVidForConditionalGeneration(LlavaVidPreTrainedModel, GenerationMixin)
                     feature_layer=self.config.vision_feature_layer,
                     feature_select="patch",  # pooling needs the square patch grid, no CLS
                     chunk_size=chunk,
+                    cache=self.vision_feature_cache,
                 )  # (n, P, D_vision)
                 content = self.projector(pool_content(features, grid).to(self._projector_dtype()))  # (n, g², D_text)
                 if not self.config.video_context_token:

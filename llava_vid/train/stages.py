@@ -187,6 +187,11 @@ class StageConfig:
     """``full``: the whole model in ``final/``; ``multimodal``: only the trained multimodal layers
     (projector, compressor, newline) plus what rebuilds the frozen rest (stage 1; stage 2 starts from it)."""
 
+    vision_feature_cache_gib: float = 0.0
+    """Memory (GiB) for the frozen vision tower's output, computed in the first epoch and looked up in
+    the later ones (keyed by each view's pixels; see :class:`~llava_vid.modeling.vision.VisionFeatureCache`);
+    0: off. For small towers (the embedded demo); needs a frozen tower and cannot be used with ZeRO-3."""
+
     def __post_init__(self) -> None:
         if not self.trainable:
             raise ValueError("trainable is empty: at least one part must train")
@@ -203,6 +208,13 @@ class StageConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0.0 <= self.max_skip_fraction <= 1.0:
             raise ValueError(f"max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
+        if self.vision_feature_cache_gib < 0:
+            raise ValueError(f"vision_feature_cache_gib must be 0 (off) or more, got {self.vision_feature_cache_gib}")
+        if self.vision_feature_cache_gib > 0 and "vision_tower" in self.trainable:
+            raise ValueError(
+                "vision_feature_cache_gib reuses the frozen vision tower's output, but trainable lists "
+                "vision_tower; set vision_feature_cache_gib: 0"
+            )
         backbones = sorted(set(self.trainable) - MULTIMODAL_PARTS)
         if self.final_weights == "multimodal" and backbones:
             raise ValueError(

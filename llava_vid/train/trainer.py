@@ -54,6 +54,7 @@ from llava_vid.data.dataset import SKIP_REASONS, ConversationDataset
 from llava_vid.data.formats import DatasetSpec
 from llava_vid.data.sampler import ModalityLengthGroupedSampler
 from llava_vid.modeling.llava_vid import labelled_positions
+from llava_vid.modeling.vision import VisionFeatureCache
 from llava_vid.processing.processor import IGNORE_INDEX
 from llava_vid.train.checkpoints import (
     CheckpointCompletion,
@@ -304,6 +305,12 @@ def train(config: StageConfig, callbacks: list[TrainerCallback] | None = None) -
     """
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if config.vision_feature_cache_gib > 0 and _deepspeed_stage(config) == 3:
+        raise ValueError(
+            "vision_feature_cache_gib with ZeRO-3: every process must run the sharded vision tower together, "
+            "so one process cannot skip it for cached views; use configs/deepspeed/zero2.json or set "
+            "vision_feature_cache_gib: 0"
+        )
     if config.lora is not None and _deepspeed_stage(config) == 3:
         raise ValueError(
             "lora with ZeRO-3: the adapters cannot be merged into sharded weights; use "
@@ -318,6 +325,8 @@ def train(config: StageConfig, callbacks: list[TrainerCallback] | None = None) -
     if config.lora is not None:
         apply_lora(model, config.lora)
     counts = apply_trainable(model, config.trainable)
+    if config.vision_feature_cache_gib > 0:
+        model.vision_feature_cache = VisionFeatureCache(int(config.vision_feature_cache_gib * 2**30))
     if config.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad; the hook keeps reentrant
         # checkpointing (if a library picks it) correct when the embeddings are frozen.
@@ -386,12 +395,14 @@ def train(config: StageConfig, callbacks: list[TrainerCallback] | None = None) -
             (folder / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
         write_folder_atomically(final, write)
-        _print_summary(trainer, counts, final)
+        _print_summary(trainer, counts, final, model.vision_feature_cache)
     trainer.accelerator.wait_for_everyone()
     return final
 
 
-def _print_summary(trainer: StageTrainer, counts: dict[str, int], final: Path) -> None:
+def _print_summary(
+    trainer: StageTrainer, counts: dict[str, int], final: Path, cache: VisionFeatureCache | None
+) -> None:
     totals = trainer.totals
     reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(totals.skips.reasons.items()) if n) or "none"
     trainable = ", ".join(f"{part} {n:,}" for part, n in counts.items())
@@ -400,6 +411,8 @@ def _print_summary(trainer: StageTrainer, counts: dict[str, int], final: Path) -
         f"({reasons}); {totals.input_tokens:,} tokens trained ({totals.target_tokens:,} with a loss); "
         f"trainable parameters: {trainable}; saved {final}"
     )
+    if cache is not None:
+        print(cache.describe())
 
 
 def plot_loss_curve(log_history: list[dict], path: Path, *, title: str) -> Path:
