@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from llava_vid.config import LlavaVidConfig
 from llava_vid.modeling import LlavaVidForConditionalGeneration
 from llava_vid.modeling.llava_vid import labelled_positions
 from llava_vid.modeling.merge import merge_visual_features
+from llava_vid.modeling.vision import VisionFeatureCache
 
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
 
@@ -207,13 +210,32 @@ def test_generation_with_and_without_kv_cache_agree(tiny_model, tiny_processor, 
 # --------------------------------------------------------------------------- vision batching
 
 
-def test_vision_tower_runs_once_per_forward_and_chunking_is_exact(tiny_model, training_batch, monkeypatch) -> None:
+@contextmanager
+def tower_calls(model: LlavaVidForConditionalGeneration) -> Iterator[list[int]]:
+    """The number of images of each vision-tower call made inside the block."""
     calls: list[int] = []
-    handle = tiny_model.vision_tower.register_forward_hook(
+    handle = model.vision_tower.register_forward_hook(
         lambda module, args, kwargs, output: calls.append(args[0].shape[0] if args else kwargs["pixel_values"].shape[0]),
         with_kwargs=True,
     )
     try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def feature_cache(model: LlavaVidForConditionalGeneration, cache: VisionFeatureCache) -> Iterator[VisionFeatureCache]:
+    """``model`` with ``cache`` as its vision feature cache inside the block (the fixture is shared)."""
+    model.vision_feature_cache = cache
+    try:
+        yield cache
+    finally:
+        model.vision_feature_cache = None
+
+
+def test_vision_tower_runs_once_per_forward_and_chunking_is_exact(tiny_model, training_batch, monkeypatch) -> None:
+    with tower_calls(tiny_model) as calls:
         num_images = training_batch["pixel_values"].shape[0]
         assert num_images == 3
         monkeypatch.setattr(tiny_model.config, "vision_chunk_size", 64)
@@ -224,24 +246,12 @@ def test_vision_tower_runs_once_per_forward_and_chunking_is_exact(tiny_model, tr
         monkeypatch.setattr(tiny_model.config, "vision_chunk_size", 1)
         chunked = logits_of(tiny_model, training_batch)
         assert calls == [1] * num_images
-    finally:
-        handle.remove()
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
 
 
 def test_the_vision_feature_cache_reuses_only_identical_views_and_changes_nothing(tiny_model, training_batch) -> None:
-    from llava_vid.modeling.vision import VisionFeatureCache
-
-    calls: list[int] = []
-    handle = tiny_model.vision_tower.register_forward_hook(
-        lambda module, args, kwargs, output: calls.append(args[0].shape[0] if args else kwargs["pixel_values"].shape[0]),
-        with_kwargs=True,
-    )
     uncached = logits_of(tiny_model, training_batch)
-    calls.clear()
-    cache = VisionFeatureCache(max_bytes=2**20)
-    tiny_model.vision_feature_cache = cache
-    try:
+    with tower_calls(tiny_model) as calls, feature_cache(tiny_model, VisionFeatureCache(max_bytes=2**20)) as cache:
         first = logits_of(tiny_model, training_batch)
         assert (cache.computed, cache.reused, calls) == (3, 0, [3])
         again = logits_of(tiny_model, training_batch)
@@ -252,44 +262,32 @@ def test_the_vision_feature_cache_reuses_only_identical_views_and_changes_nothin
         changed["pixel_values"][1, 0, 0, 0] += 1e-3  # one value of one view: a new view
         other = logits_of(tiny_model, changed)
         assert (cache.computed, cache.reused, calls) == (4, 5, [3, 1])
-    finally:
-        tiny_model.vision_feature_cache = None
-        handle.remove()
     assert torch.equal(first, uncached) and torch.equal(again, uncached)
     assert not torch.equal(other, uncached)
     assert "4 computed, 5 reused" in cache.describe()
 
 
 def test_a_full_vision_feature_cache_computes_what_it_cannot_keep(tiny_model, training_batch) -> None:
-    from llava_vid.modeling.vision import VisionFeatureCache
-
     uncached = logits_of(tiny_model, training_batch)
-    cache = VisionFeatureCache(max_bytes=1)  # keeps nothing
-    tiny_model.vision_feature_cache = cache
-    try:
+    with feature_cache(tiny_model, VisionFeatureCache(max_bytes=1)) as cache:  # keeps nothing
         cached = [logits_of(tiny_model, training_batch) for _ in range(2)]
-    finally:
-        tiny_model.vision_feature_cache = None
     assert (cache.computed, cache.reused, cache.uncached, cache.held_bytes) == (6, 0, 6, 0)
     assert all(torch.equal(logits, uncached) for logits in cached)
     assert "6 not kept (cache full)" in cache.describe()
 
 
 def test_the_vision_feature_cache_refuses_a_tower_that_trains(tiny_model, training_batch) -> None:
-    from llava_vid.modeling.vision import VisionFeatureCache
-
     inputs = {key: value for key, value in training_batch.items() if key != "labels"}
     tower_parameters = list(tiny_model.vision_tower.parameters())
     trained_before = [parameter.requires_grad for parameter in tower_parameters]
-    tiny_model.vision_feature_cache = VisionFeatureCache(max_bytes=2**20)
     tiny_model.vision_tower.requires_grad_(True)
     try:
-        with pytest.raises(ValueError, match="needs a frozen vision tower"):
-            tiny_model(**inputs)
+        with feature_cache(tiny_model, VisionFeatureCache(max_bytes=2**20)):
+            with pytest.raises(ValueError, match="needs a frozen vision tower"):
+                tiny_model(**inputs)
     finally:
         for parameter, trained in zip(tower_parameters, trained_before):
             parameter.requires_grad_(trained)
-        tiny_model.vision_feature_cache = None
     with pytest.raises(ValueError, match="max_bytes must be positive, got 0"):
         VisionFeatureCache(max_bytes=0)
 
